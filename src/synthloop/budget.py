@@ -1,0 +1,334 @@
+"""What the loop spends: a cost model, a ledger that enforces the total, and a planner.
+
+The cost of a run is C = sum_t (c_g N_t + c_v V_t + c_t n_t) (Spend Wisely, section 2, with the
+verification term added): N_t draws generated, V_t candidates verified, n_t selected samples trained
+on. Each price may be per sample or per any other quantity the plug-ins measure (tokens, UNet
+forward passes, FLOPs, seconds), so the budget is in whatever unit the user names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from synthloop.records import Usage
+from synthloop.schedules import Schedule
+
+STAGES = ("generate", "verify", "train")
+
+
+class BudgetExceededError(RuntimeError):
+    """A charge would take the run past its total budget (a bug in the caller: it must check first)."""
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Prices per stage: ``prices[stage][quantity]`` in budget units per unit of that quantity.
+
+    >>> costs = CostModel(unit="samples", prices={"generate": {"samples": 0.1}, "train": {"samples": 1.0}})
+    >>> costs.total("generate", {"samples": 1000.0})
+    100.0
+    """
+
+    unit: str
+    prices: Mapping[str, Mapping[str, float]]
+
+    def __post_init__(self) -> None:
+        for stage, rates in self.prices.items():
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r} in costs; allowed: {', '.join(STAGES)}")
+            for quantity, price in rates.items():
+                if not (price >= 0 and math.isfinite(price)):
+                    raise ValueError(f"price of {stage}/{quantity} must be >= 0, got {price}")
+
+    def quantities(self, stage: str) -> list[str]:
+        return [q for q, p in self.prices.get(stage, {}).items() if p > 0]
+
+    def per_item(self, stage: str, usage: Usage, n: int) -> npt.NDArray[np.float64]:
+        """Cost of each of ``n`` items whose per-item usage is ``usage``."""
+        cost = np.zeros(n, dtype=np.float64)
+        for quantity in self.quantities(stage):
+            if quantity == "seconds":
+                continue  # time is measured per batch, not per item; see ``total``
+            if quantity not in usage:
+                raise KeyError(
+                    f"the cost model prices {stage} by {quantity!r}, but the {stage} stage reports "
+                    f"only {sorted(usage) or 'nothing'}"
+                )
+            cost += self.prices[stage][quantity] * usage[quantity]
+        return cost
+
+    def total(self, stage: str, totals: Mapping[str, float]) -> float:
+        """Cost of a stage from summed quantities (seconds included)."""
+        return float(sum(self.prices[stage][q] * totals.get(q, 0.0) for q in self.quantities(stage)))
+
+    def per_unit(self, stage: str, usage_per_item: Mapping[str, float]) -> float:
+        """Cost of one item whose usage is ``usage_per_item`` (seconds not priced per item)."""
+        return float(
+            sum(
+                self.prices[stage][q] * usage_per_item.get(q, 0.0)
+                for q in self.quantities(stage)
+                if q != "seconds"
+            )
+        )
+
+
+@dataclass
+class LedgerRow:
+    iteration: int
+    stage: str
+    items: int
+    cost: float
+    seconds: float
+    quantities: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Ledger:
+    """Measured spending per iteration and stage; refuses any charge past ``total``."""
+
+    total: float
+    costs: CostModel
+    rows: list[LedgerRow] = field(default_factory=list)
+
+    @property
+    def spent(self) -> float:
+        return math.fsum(row.cost for row in self.rows)
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.total - self.spent)
+
+    def charge(
+        self,
+        iteration: int,
+        stage: str,
+        *,
+        items: int,
+        quantities: Mapping[str, float],
+        seconds: float,
+        note: str = "",
+    ) -> float:
+        totals = {**quantities, "seconds": seconds}
+        cost = self.costs.total(stage, totals)
+        # A relative tolerance absorbs float summation order; anything larger is a real overspend.
+        if self.spent + cost > self.total * (1 + 1e-12) + 1e-9:
+            raise BudgetExceededError(
+                f"iteration {iteration} {stage}: cost {cost:.6g} exceeds the remaining budget "
+                f"{self.remaining:.6g} {self.costs.unit}"
+            )
+        self.rows.append(
+            LedgerRow(iteration, stage, items, cost, seconds, dict(quantities), note)
+        )
+        return cost
+
+    def spent_by_iteration(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for row in self.rows:
+            out[row.iteration] = out.get(row.iteration, 0.0) + row.cost
+        return out
+
+
+@dataclass(frozen=True)
+class PlannedIteration:
+    iteration: int
+    n_selected: int
+    expected_generated: float
+    expected_cost: float
+    cumulative_cost: float
+    cut: bool = False  # n_selected was reduced from the schedule's value to fit the budget
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Expected cost of one draw (generate + verify) and of training one selected sample."""
+
+    per_draw: float
+    per_selected: float
+
+    def per_kept(self, draws_per_selected: float) -> float:
+        return draws_per_selected * self.per_draw + self.per_selected
+
+
+def plan(
+    schedule: Schedule,
+    *,
+    budget: float,
+    unit_costs: UnitCosts,
+    acceptance_rate: float,
+    max_iterations: int | None = None,
+    start: int = 0,
+) -> list[PlannedIteration]:
+    """Per-iteration plan of n_t, expected N_t = n_t / a and cumulative cost, within ``budget``.
+
+    Iterations continue until the budget, the schedule's own length or ``max_iterations`` ends them;
+    the last iteration is cut to what the remaining budget affords.
+
+    >>> from synthloop.schedules import constant
+    >>> p = plan(constant(10), budget=35, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=0.5)
+    >>> [(i.n_selected, i.cut) for i in p]
+    [(10, False), (10, False), (10, False), (5, True)]
+    """
+    if not 0 < acceptance_rate <= 1:
+        raise ValueError(f"acceptance_rate must be in (0, 1], got {acceptance_rate}")
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    per_kept = unit_costs.per_kept(1.0 / acceptance_rate)
+    if per_kept <= 0:
+        raise ValueError("every stage is free: a budget cannot bound this run (price some stage)")
+    end = _end(schedule, max_iterations)
+    rows: list[PlannedIteration] = []
+    cumulative = 0.0
+    t = start
+    while end is None or t < end:
+        n = schedule(t)
+        cut = False
+        if cumulative + n * per_kept > budget:
+            n, cut = math.floor((budget - cumulative) / per_kept), True
+            if n < 1:
+                break
+        cost = n * per_kept
+        cumulative += cost
+        rows.append(PlannedIteration(t, n, n / acceptance_rate, cost, cumulative, cut))
+        if cut:
+            break
+        t += 1
+    return rows
+
+
+def _end(schedule: Schedule, max_iterations: int | None) -> int | None:
+    ends = [e for e in (schedule.n_iterations, max_iterations) if e is not None]
+    return min(ends) if ends else None
+
+
+def fit_n0(
+    make: Callable[[float], Schedule],
+    *,
+    budget: float,
+    unit_costs: UnitCosts,
+    acceptance_rate: float,
+    n_iterations: int,
+) -> float:
+    """The largest n0 whose schedule runs ``n_iterations`` full iterations within ``budget``.
+
+    The schedule is scaled, not cut, so the family keeps its shape. Rounding and ``n_t >= 1`` make
+    cost a step function of n0, so the root is found by bisection.
+    """
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+    per_kept = unit_costs.per_kept(1.0 / acceptance_rate)
+
+    def cost(n0: float) -> float:
+        s = make(n0)
+        return per_kept * sum(s(t) for t in range(n_iterations))
+
+    if cost(1e-9) > budget:
+        raise ValueError(
+            f"the budget {budget:g} cannot pay for {n_iterations} iterations of even one sample each"
+        )
+    unit_shape = make(1.0)
+    shape_sum = sum(unit_shape.fn(t) for t in range(n_iterations))
+    lo, hi = 1e-9, 2.0 * budget / (per_kept * shape_sum) + 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+        if hi - lo < 1e-9 * hi:
+            break
+    return lo
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Turns a schedule family and a budget into a plan, and re-fits it as a run measures.
+
+    ``make(n0)`` builds the family's schedule. With ``n_iterations`` set, n0 is fitted so the plan
+    uses the whole budget in that many iterations; otherwise ``n0`` is used as given and the run
+    lasts until the budget is spent (or ``max_iterations``).
+    """
+
+    make: Callable[[float], Schedule]
+    budget: float
+    unit_costs: UnitCosts
+    acceptance_rate: float
+    n0: float | None = None
+    n_iterations: int | None = None
+    max_iterations: int | None = None
+
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @cached_property
+    def _schedule(self) -> Schedule:
+        if self.n_iterations is None:
+            if self.n0 is None:
+                raise ValueError("give n0, or n_iterations so that n0 can be fitted to the budget")
+            return self.make(self.n0)
+        n0 = fit_n0(
+            self.make,
+            budget=self.budget,
+            unit_costs=self.unit_costs,
+            acceptance_rate=self.acceptance_rate,
+            n_iterations=self.n_iterations,
+        )
+        return self.make(n0)
+
+    def plan(self) -> list[PlannedIteration]:
+        end = self.n_iterations if self.n_iterations is not None else self.max_iterations
+        return plan(
+            self.schedule(),
+            budget=self.budget,
+            unit_costs=self.unit_costs,
+            acceptance_rate=self.acceptance_rate,
+            max_iterations=end,
+        )
+
+    def refit(
+        self, *, next_iteration: int, spent: float, acceptance_rate: float, unit_costs: UnitCosts | None = None
+    ) -> list[PlannedIteration]:
+        """The plan for iterations ``next_iteration..`` given what is spent and measured so far.
+
+        With a fixed number of iterations, the remaining schedule is rescaled to use the remaining
+        budget; otherwise the same schedule runs until the remaining budget is spent.
+        """
+        measured = replace(
+            self,
+            acceptance_rate=min(1.0, max(acceptance_rate, 1e-6)),
+            unit_costs=unit_costs or self.unit_costs,
+        )
+        remaining = max(0.0, self.budget - spent)
+        base = measured.schedule() if self.n_iterations is None else self.schedule()
+        end = self.n_iterations if self.n_iterations is not None else self.max_iterations
+        if self.n_iterations is not None and next_iteration < self.n_iterations:
+            base = _rescaled_tail(base, measured, remaining, next_iteration, self.n_iterations)
+        rows = plan(
+            base,
+            budget=remaining,
+            unit_costs=measured.unit_costs,
+            acceptance_rate=measured.acceptance_rate,
+            max_iterations=end,
+            start=next_iteration,
+        )
+        return [replace(r, cumulative_cost=r.cumulative_cost + spent) for r in rows]
+
+
+def _rescaled_tail(
+    base: Schedule, measured: Planner, remaining: float, start: int, end: int
+) -> Schedule:
+    per_kept = measured.unit_costs.per_kept(1.0 / measured.acceptance_rate)
+    planned = sum(base.fn(t) for t in range(start, end))
+    if planned <= 0:
+        return base
+    scale = remaining / (per_kept * planned)
+    # Rounding up can overshoot by one sample per iteration; shave the scale until it fits.
+    for _ in range(60):
+        tail = Schedule(lambda t, s=scale: s * base.fn(t), f"{base.label} x{scale:.3g}")
+        if per_kept * sum(tail(t) for t in range(start, end)) <= remaining:
+            return tail
+        scale *= 0.995
+    return tail

@@ -1,0 +1,185 @@
+"""The records that flow through the loop: prompts, candidates, scores and usage.
+
+Everything is columnar. A batch of 10^6 Gaussian draws is one NumPy array, a batch of language-model
+completions is a list of strings; per-row Python objects would cost more than the math they carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Column = Any  # an np.ndarray with one row per item, or a list with one entry per item
+Usage = Mapping[str, npt.NDArray[np.float64]]  # quantity name -> amount per item (samples, tokens, ...)
+
+
+class Verdict(IntEnum):
+    """What a verifier concluded about one candidate.
+
+    ``ERROR`` means the verifier could not decide (timeout, crash, unparseable answer). It is never
+    folded into a reward of 0: its reward is NaN, it is counted on its own, and selectors reject it
+    unless told otherwise.
+    """
+
+    PASS = 0
+    FAIL = 1
+    ERROR = 2
+
+
+def column_length(column: Column) -> int:
+    return int(column.shape[0]) if isinstance(column, np.ndarray) else len(column)
+
+
+def take_column(column: Column, indices: npt.NDArray[np.int64]) -> Column:
+    if isinstance(column, np.ndarray):
+        return column[indices]
+    return [column[i] for i in indices]
+
+
+def concat_columns(columns: Sequence[Column]) -> Column:
+    if all(isinstance(c, np.ndarray) for c in columns):
+        return np.concatenate(columns, axis=0)
+    return [item for c in columns for item in c]
+
+
+def _check_lengths(n: int, columns: Mapping[str, Column], what: str) -> None:
+    for name, column in columns.items():
+        if column_length(column) != n:
+            raise ValueError(f"{what} column {name!r} has {column_length(column)} rows, expected {n}")
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A batch of prompts drawn from a task's training pool.
+
+    ``index`` identifies each prompt in the pool (-1 for unconditional generation, as in the
+    Gaussian task); ``items`` holds the prompt payload columns (text, clean image, gold answer...).
+    """
+
+    index: npt.NDArray[np.int64]
+    items: Mapping[str, Column] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_lengths(len(self.index), self.items, "prompt")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def unconditional(cls, n: int) -> Prompts:
+        return cls(index=np.full(n, -1, dtype=np.int64))
+
+    def take(self, indices: npt.NDArray[np.int64]) -> Prompts:
+        return Prompts(
+            index=self.index[indices],
+            items={k: take_column(v, indices) for k, v in self.items.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Prompts]) -> Prompts:
+        if not parts:
+            raise ValueError("cannot concatenate zero prompt batches")
+        return Prompts(
+            index=np.concatenate([p.index for p in parts]),
+            items={k: concat_columns([p.items[k] for p in parts]) for k in parts[0].items},
+        )
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Generated candidates, one row each.
+
+    ``samples`` are the payload columns (for example ``{"x": array[n, d]}`` or
+    ``{"prompt": [...], "completion": [...]}``); ``prompt_index`` says which prompt each came from;
+    ``usage`` is what generating each one cost (``{"samples": 1, "tokens": ...}`` per row).
+    """
+
+    samples: Mapping[str, Column]
+    prompt_index: npt.NDArray[np.int64]
+    usage: Usage
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_index)
+        _check_lengths(n, self.samples, "sample")
+        _check_lengths(n, self.usage, "usage")
+
+    def __len__(self) -> int:
+        return len(self.prompt_index)
+
+    def take(self, indices: npt.NDArray[np.int64]) -> Candidates:
+        return Candidates(
+            samples={k: take_column(v, indices) for k, v in self.samples.items()},
+            prompt_index=self.prompt_index[indices],
+            usage={k: v[indices] for k, v in self.usage.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Candidates]) -> Candidates:
+        if not parts:
+            raise ValueError("cannot concatenate zero candidate batches")
+        return Candidates(
+            samples={k: concat_columns([p.samples[k] for p in parts]) for k in parts[0].samples},
+            prompt_index=np.concatenate([p.prompt_index for p in parts]),
+            usage={k: np.concatenate([p.usage[k] for p in parts]) for k in parts[0].usage},
+        )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A verifier's judgement of a batch: reward in [0, 1] (NaN where the verdict is ERROR)."""
+
+    reward: npt.NDArray[np.float64]
+    verdict: npt.NDArray[np.int8]
+    usage: Usage = field(default_factory=dict)
+    detail: Sequence[str] | None = None  # optional per-row explanation (why an ERROR happened)
+
+    def __post_init__(self) -> None:
+        if self.reward.shape != self.verdict.shape:
+            raise ValueError(
+                f"reward has shape {self.reward.shape} but verdict has shape {self.verdict.shape}"
+            )
+        _check_lengths(len(self.reward), self.usage, "verification usage")
+        if self.detail is not None and len(self.detail) != len(self.reward):
+            raise ValueError("detail must have one entry per scored candidate")
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    @classmethod
+    def from_rewards(cls, reward: npt.NDArray[np.float64], *, pass_at: float = 0.5) -> Scores:
+        """Scores for a verifier that never errs: PASS where reward >= ``pass_at``."""
+        verdict = np.where(reward >= pass_at, Verdict.PASS, Verdict.FAIL).astype(np.int8)
+        return cls(reward=reward.astype(np.float64, copy=False), verdict=verdict)
+
+    def take(self, indices: npt.NDArray[np.int64]) -> Scores:
+        return Scores(
+            reward=self.reward[indices],
+            verdict=self.verdict[indices],
+            usage={k: v[indices] for k, v in self.usage.items()},
+            detail=None if self.detail is None else [self.detail[i] for i in indices],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Scores]) -> Scores:
+        if not parts:
+            raise ValueError("cannot concatenate zero score batches")
+        details = [p.detail for p in parts]
+        return Scores(
+            reward=np.concatenate([p.reward for p in parts]),
+            verdict=np.concatenate([p.verdict for p in parts]),
+            usage={k: np.concatenate([p.usage[k] for p in parts]) for k in parts[0].usage},
+            detail=None if any(d is None for d in details) else [x for d in details for x in d],  # type: ignore[union-attr]
+        )
+
+    def count(self, verdict: Verdict) -> int:
+        return int(np.count_nonzero(self.verdict == verdict))
+
+
+def ones_usage(n: int, **per_item: float) -> dict[str, npt.NDArray[np.float64]]:
+    """Usage where every item costs the same: ``ones_usage(3, samples=1)``."""
+    return {name: np.full(n, amount, dtype=np.float64) for name, amount in per_item.items()}

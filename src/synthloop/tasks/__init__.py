@@ -1,0 +1,1 @@
+"""Tasks: prompt sources with their verifiers and evaluation metrics."""
