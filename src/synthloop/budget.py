@@ -20,6 +20,7 @@ from synthloop.records import Usage
 from synthloop.schedules import Schedule
 
 STAGES = ("generate", "verify", "train")
+TOLERANCE = 1e-12  # relative slack for float summation order; anything larger is a real overspend
 
 
 class BudgetExceededError(RuntimeError):
@@ -97,9 +98,12 @@ class Ledger:
     costs: CostModel
     rows: list[LedgerRow] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._spent = math.fsum(row.cost for row in self.rows)
+
     @property
     def spent(self) -> float:
-        return math.fsum(row.cost for row in self.rows)
+        return self._spent
 
     @property
     def remaining(self) -> float:
@@ -117,8 +121,7 @@ class Ledger:
     ) -> float:
         totals = {**quantities, "seconds": seconds}
         cost = self.costs.total(stage, totals)
-        # A relative tolerance absorbs float summation order; anything larger is a real overspend.
-        if self.spent + cost > self.total * (1 + 1e-12) + 1e-9:
+        if self.spent + cost > self.total * (1 + TOLERANCE) + 1e-9:
             raise BudgetExceededError(
                 f"iteration {iteration} {stage}: cost {cost:.6g} exceeds the remaining budget "
                 f"{self.remaining:.6g} {self.costs.unit}"
@@ -126,6 +129,7 @@ class Ledger:
         self.rows.append(
             LedgerRow(iteration, stage, items, cost, seconds, dict(quantities), note)
         )
+        self._spent += cost
         return cost
 
     def spent_by_iteration(self) -> dict[int, float]:
@@ -189,8 +193,8 @@ def plan(
     while end is None or t < end:
         n = schedule(t)
         cut = False
-        if cumulative + n * per_kept > budget:
-            n, cut = math.floor((budget - cumulative) / per_kept), True
+        if cumulative + n * per_kept > budget * (1 + TOLERANCE):
+            n, cut = math.floor((budget - cumulative) / per_kept * (1 + TOLERANCE)), True
             if n < 1:
                 break
         cost = n * per_kept
@@ -226,7 +230,7 @@ def fit_n0(
 
     def cost(n0: float) -> float:
         s = make(n0)
-        return per_kept * sum(s(t) for t in range(n_iterations))
+        return math.fsum(per_kept * s(t) for t in range(n_iterations))
 
     if cost(1e-9) > budget:
         raise ValueError(

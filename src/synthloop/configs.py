@@ -262,7 +262,12 @@ def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
         message = "unknown key (check its spelling and the section's allowed keys)"
     elif first["type"] == "missing":
         message = "required field is missing"
-    elif first["type"] in ("literal_error", "union_tag_invalid"):
+    elif first["type"] == "union_tag_invalid":
+        context = first.get("ctx", {})
+        location = f"{location}.kind" if location else "kind"
+        message = f"unknown kind {context.get('tag')!r}; allowed: {context.get('expected_tags')}"
+        first = {**first, "type": "missing"}  # the kind is already shown
+    elif first["type"] == "literal_error":
         message = message.replace("Input should be", "allowed:")
     given = first.get("input")
     shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(given, dict) else f" (got {given!r})"

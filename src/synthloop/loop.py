@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from synthloop.budget import CostModel, Ledger, Planner, UnitCosts
+from synthloop.budget import TOLERANCE, CostModel, Ledger, Planner, UnitCosts
 from synthloop.protocols import Generator, Learner, Selector, Task
 from synthloop.records import Candidates, Prompts, Scores, Verdict
 from synthloop.store import FileEntry, RunStore, candidates_table, iteration_dir
@@ -99,7 +99,7 @@ def run(
         if not upcoming:
             break
         metrics = run_iteration(t, upcoming[0].n_selected, parts, ledger, settings, seed=seed,
-                                store=store, acceptance=acceptance, emit=emit)
+                                store=store, acceptance=acceptance, emit=emit, planned_cut=upcoming[0].cut)
         history.append(metrics)
         emit("iteration", metrics)
         if metrics["n_generated"] > 0 and metrics["n_selected"] > 0:
@@ -123,14 +123,16 @@ def run_iteration(
     store: RunStore | None,
     acceptance: float,
     emit: Report,
+    planned_cut: bool = False,
 ) -> dict[str, Any]:
+    """One iteration; ``planned_cut`` says the plan already shrank n_t to fit the budget."""
     it = _Iteration(target=n_target)
     started = ledger.spent
     model = parts.learner.model
     draw_bound = _draw_cost_bound(parts.generator, ledger.costs)
     wanted_draws = math.ceil(settings.oversample * n_target) if settings.mode == "select" else None
     max_draws = settings.max_draws_per_selected * n_target
-    cut = False
+    cut = planned_cut
     while it.n_kept < n_target and it.generated < max_draws:
         # -- how many draws this part: what is still needed, what the budget affords -------------
         if wanted_draws is not None:
@@ -194,11 +196,12 @@ def _admit(
         return
     picked = candidates.take(chosen)
     train_cost = ledger.costs.per_item("train", parts.learner.training_usage(picked), len(picked))
-    room = ledger.remaining - it.train_committed
-    fits = int(np.searchsorted(np.cumsum(train_cost), room * (1 + 1e-12), side="right"))
+    room = (ledger.remaining - it.train_committed) * (1 + TOLERANCE)
+    total = float(train_cost.sum())
+    fits = len(chosen) if total <= room else int(np.searchsorted(np.cumsum(train_cost), room, side="right"))
     if fits < len(chosen):
         chosen, picked = chosen[:fits], picked.take(np.arange(fits))
-    it.train_committed += float(train_cost[:fits].sum())
+    it.train_committed += total if fits == len(train_cost) else float(train_cost[:fits].sum())
     it.kept.append((part, chosen, picked, prompts.take(chosen), scores.take(chosen)))
 
 
@@ -265,8 +268,10 @@ def _metrics(
         if row.iteration == t:
             by_stage[row.stage] += row.cost
             seconds[row.stage] += row.seconds
-    ids = np.concatenate([np.stack([np.full(len(ix), part), ix], axis=1).ravel()
-                          for part, ix, *_ in it.kept]) if it.kept else np.empty(0)
+    ids = hashlib.sha256()
+    for part, ix, *_ in it.kept:  # the selected set as (part, index) ids, in order
+        ids.update(np.int64(part).tobytes())
+        ids.update(ix.astype(np.int64).tobytes())
     return {
         "iteration": t,
         "n_target": it.target,
@@ -281,7 +286,7 @@ def _metrics(
         "cumulative_cost": ledger.spent,
         "budget": ledger.total,
         "cut": cut,
-        "selected_sha256": hashlib.sha256(ids.astype(np.int64).tobytes()).hexdigest(),
+        "selected_sha256": ids.hexdigest(),
         "train": dict(train),
         "eval": dict(evaluation),
     }

@@ -72,7 +72,7 @@ class Prompts:
 
     @classmethod
     def unconditional(cls, n: int) -> Prompts:
-        return cls(index=np.full(n, -1, dtype=np.int64))
+        return cls(index=np.broadcast_to(np.int64(-1), (n,)))  # a read-only view: no allocation
 
     def take(self, indices: npt.NDArray[np.int64]) -> Prompts:
         return Prompts(
@@ -153,7 +153,7 @@ class Scores:
     @classmethod
     def from_rewards(cls, reward: npt.NDArray[np.float64], *, pass_at: float = 0.5) -> Scores:
         """Scores for a verifier that never errs: PASS where reward >= ``pass_at``."""
-        verdict = np.where(reward >= pass_at, Verdict.PASS, Verdict.FAIL).astype(np.int8)
+        verdict = (reward < pass_at).view(np.int8)  # PASS = 0, FAIL = 1, in one pass
         return cls(reward=reward.astype(np.float64, copy=False), verdict=verdict)
 
     def take(self, indices: npt.NDArray[np.int64]) -> Scores:
@@ -181,5 +181,5 @@ class Scores:
 
 
 def ones_usage(n: int, **per_item: float) -> dict[str, npt.NDArray[np.float64]]:
-    """Usage where every item costs the same: ``ones_usage(3, samples=1)``."""
-    return {name: np.full(n, amount, dtype=np.float64) for name, amount in per_item.items()}
+    """Usage where every item costs the same: ``ones_usage(3, samples=1)`` (read-only views)."""
+    return {name: np.broadcast_to(np.float64(amount), (n,)) for name, amount in per_item.items()}

@@ -1,0 +1,11 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from hypothesis import settings
+
+# The machines running the suite are shared and noisy: timing deadlines would make tests flaky.
+settings.register_profile("synthloop", deadline=None, max_examples=60)
+settings.load_profile("synthloop")
