@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from helpers import gaussian_components
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,8 @@ from synthloop.budget import (
 from synthloop.loop import LoopSettings, run
 from synthloop.select import RewardProportional, RewardProportionalWithoutReplacement, Threshold, TopK
 from synthloop.tasks.gaussian import GaussianProblem
+
+from helpers import gaussian_components
 
 n0s = st.floats(min_value=0.5, max_value=500, allow_nan=False)
 family_makers = st.sampled_from([

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from helpers import final_rewards, fitted_planner, fixed_planner
 
 from synthloop import schedules
 from synthloop.tasks.gaussian import GaussianProblem
+
+from helpers import final_rewards, fitted_planner, fixed_planner
 
 FAMILIES = {
     "constant": schedules.constant,
@@ -84,7 +85,7 @@ def _gap(make, iterations: int) -> tuple[float, list[int]]:
 def _best_constant_and_linear() -> float:
     gaps = [_gap(schedules.constant, T)[0] for T in range(1, 41)]
     gaps += [_gap(schedules.linear, T)[0] for T in range(1, 41)]
-    gaps += [_gap(lambda n0: schedules.polynomial(n0, alpha), 12)[0] for alpha in (0.5, 2.0)]
+    gaps += [_gap(lambda n0, a=alpha: schedules.polynomial(n0, a), 12)[0] for alpha in (0.5, 2.0)]
     return min(gaps)
 
 

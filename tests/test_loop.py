@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import TRAIN_ONLY, fitted_planner, gaussian_components
 
 from synthloop import schedules, testing
 from synthloop.budget import CostModel, Planner, UnitCosts
@@ -22,6 +21,8 @@ from synthloop.select import (
 )
 from synthloop.store import RunStore, column_to_numpy
 from synthloop.tasks.gaussian import GaussianGenerator, GaussianLearner, GaussianProblem, GaussianTask
+
+from helpers import TRAIN_ONLY, fitted_planner, gaussian_components
 
 PROBLEM = GaussianProblem(theta0=(2.0, -1.0), sigma=1.0, kappa=1.0)
 

@@ -328,11 +328,20 @@ def _rescaled_tail(
     planned = sum(base.fn(t) for t in range(start, end))
     if planned <= 0:
         return base
-    scale = remaining / (per_kept * planned)
-    # Rounding up can overshoot by one sample per iteration; shave the scale until it fits.
+
+    def fits(scale: float) -> bool:
+        tail = _scaled(base, scale)
+        return per_kept * sum(tail(t) for t in range(start, end)) <= remaining * (1 + TOLERANCE)
+
+    # Rounding makes cost a step function of the scale: take the largest scale that fits.
+    lo, hi = 0.0, remaining / (per_kept * planned)
+    if fits(hi):
+        return _scaled(base, hi)
     for _ in range(60):
-        tail = Schedule(lambda t, s=scale: s * base.fn(t), f"{base.label} x{scale:.3g}")
-        if per_kept * sum(tail(t) for t in range(start, end)) <= remaining:
-            return tail
-        scale *= 0.995
-    return tail
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return _scaled(base, lo)
+
+
+def _scaled(base: Schedule, scale: float) -> Schedule:
+    return Schedule(lambda t: scale * base.fn(t), f"{base.label} x{scale:.3g}")

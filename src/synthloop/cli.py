@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # logs: no truncated columns
 T = TypeVar("T")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.", show_default=False)]
@@ -128,15 +128,16 @@ def compare(
     console.print(f"table: {folder / 'table.md'}  plot: {folder / 'compare.png'}  runs: {folder / 'runs'}")
 
 
-def _print_summary(summary: dict) -> None:  # type: ignore[type-arg]
+def _print_summary(summary: dict[str, Any]) -> None:
     arrow = "higher" if summary["higher_is_better"] else "lower"
     table = Table(title=f"final {summary['metric']} ({arrow} is better), budget {summary['budget']:g}; "
                         f"start {summary['initial']:.6g}")
-    for column in ("schedule", "mean", "95% interval", "seeds", "iterations", "budget used"):
-        table.add_column(column, justify="right")
+    table.add_column("schedule", no_wrap=True)
+    for column in ("mean", "95% interval", "seeds", "iterations", "budget used"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in summary["rows"]:
         name = f"[bold]{r['schedule']}[/bold]" if r["schedule"] == summary["best"] else r["schedule"]
-        table.add_row(name, f"{r['final_mean']:.6g}", f"[{r['ci_low']:.6g}, {r['ci_high']:.6g}]",
+        table.add_row(name, f"{r['final_mean']:.4g}", f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]",
                       str(r["seeds"]), f"{r['iterations']:.1f}", f"{100 * r['budget_used']:.2f}%")
     console.print(table)
 

@@ -155,7 +155,7 @@ class BudgetConfig(Strict):
     total: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     unit: str = "samples"
     costs: dict[str, Price | dict[str, Price]] = Field(
-        default_factory=lambda: {"generate": 0.0, "verify": 0.0, "train": 1.0}
+        default_factory=lambda: dict[str, float | dict[str, float]](generate=0.0, verify=0.0, train=1.0)
     )
     expected_acceptance: Annotated[float, Field(gt=0, le=1)] = 0.5
 

@@ -183,7 +183,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 
 def summarize(trajectories: Sequence[Trajectory], *, metric: str, higher_is_better: bool,
               budget: float, initial: float | None) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in dict.fromkeys(t.schedule for t in trajectories):
         runs = [t for t in trajectories if t.schedule == name and t.metrics]
         mean, lo, hi = mean_interval([t.metrics[-1] for t in runs])
@@ -196,7 +196,8 @@ def summarize(trajectories: Sequence[Trajectory], *, metric: str, higher_is_bett
             "iterations": float(np.mean([len(t.n_selected) for t in runs])),
             "budget_used": float(np.mean([t.budget_used for t in runs])),
         })
-    best = (max if higher_is_better else min)(rows, key=lambda r: r["final_mean"])["schedule"]
+    finals = [float(r["final_mean"]) for r in rows]
+    best = rows[int(np.argmax(finals) if higher_is_better else np.argmin(finals))]["schedule"]
     return {"metric": metric, "higher_is_better": higher_is_better, "budget": budget,
             "initial": initial, "rows": rows, "best": best}
 
