@@ -93,6 +93,18 @@ def run_config(
                seed=config.seed, store=store, report=report)
 
 
+def resume_run(run_dir: Path, *, report: Report | None = None) -> tuple[RunConfig, list[dict[str, Any]]]:
+    """Continue the run in ``run_dir`` from its last committed state, with the config it holds.
+
+    Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
+    """
+    store = RunStore(run_dir)
+    config = config_from_run_text(store.config_text())
+    history = run(build_components(config), make_planner(config), config.budget.cost_model(),
+                  loop_settings(config), seed=config.seed, store=store, report=report)
+    return config, history
+
+
 @dataclass(frozen=True)
 class Trajectory:
     """One run of a comparison: cumulative cost and primary metric after each iteration."""
