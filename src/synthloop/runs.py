@@ -250,8 +250,9 @@ def repair(store: RunStore) -> RepairResult:
         rows = [r for e in good for r in e["ledger"]]
         new["files"]["ledger.parquet"] = {**asdict(store.write_table(
             "ledger.parquet.pending", ledger_table_from_dicts(rows))), "path": "ledger.parquet"}
+    dropped = sorted({e["path"] for e in all_entries(manifest)} - {e["path"] for e in all_entries(new)})
     store._write_manifest(new)
-    removed_files = store.clean()
+    removed_files = dropped + store.clean()
     store.check_all()
     return RepairResult(len(good), removed, len(parts), problems, removed_files, used_backup)
 

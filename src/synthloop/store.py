@@ -305,7 +305,9 @@ class RunStore:
 
     def _roll_forward_ledger(self) -> None:
         pending = self.root / LEDGER_PENDING
-        entry = self.manifest()["files"].get(LEDGER)
+        self.manifest()  # loads and checks it if not loaded yet
+        assert self._manifest is not None
+        entry = self._manifest["files"].get(LEDGER)
         if pending.exists() and entry is not None and sha256_file(pending) == entry["sha256"]:
             os.replace(pending, self.root / LEDGER)
             _fsync_dir(self.root)
