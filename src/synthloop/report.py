@@ -109,7 +109,7 @@ def _png(draw: Any, runs: Sequence[Any]) -> str:
 
 
 def _label(run: Any) -> str:
-    return f"{run.name} [{run.schedule}]"
+    return str(run.name)
 
 
 def _plot_metric_vs_cost(plt: Any, runs: Sequence[Any]) -> Any:
