@@ -82,7 +82,7 @@ def test_report_says_when_runs_do_not_share_a_budget(runs: list[Path], tmp_path:
 
 
 def test_comparability_also_checks_the_task(runs: list[Path]) -> None:
-    from synthloop.inspect import run_summary
+    from synthloop.views import run_summary
 
     a, b = run_summary(runs[0]), run_summary(runs[1])
     assert comparability_notes([a, b]) == []

@@ -207,7 +207,7 @@ def check(run_dir: RunDirArg) -> None:
 @app.command()
 def inspect(run_dir: RunDirArg) -> None:
     """Show a run's iterations: n_t, N_t, acceptance, budget used and metrics."""
-    from synthloop.inspect import run_summary
+    from synthloop.views import run_summary
 
     with clear_errors():
         summary = run_summary(run_dir)
@@ -249,7 +249,7 @@ def export(
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .jsonl.")] = Path("selected.parquet"),
 ) -> None:
     """Export an iteration's selected set as a Parquet or JSONL file `datasets.load_dataset` reads."""
-    from synthloop.inspect import export_selected
+    from synthloop.views import export_selected
 
     with clear_errors():
         rows = export_selected(run_dir, iteration=iteration, out=out)

@@ -67,8 +67,8 @@ def html_report(run_dirs: Sequence[Path], out: Path) -> list[str]:
     Returns notes for the console: a note that the runs do not share a total budget and task, if so
     (the page says it too, at the top).
     """
-    from synthloop.inspect import run_summary
     from synthloop.store import RunDirectoryError, atomic_write_bytes
+    from synthloop.views import run_summary
 
     if not run_dirs:
         raise RunDirectoryError("report: name at least one run directory")
