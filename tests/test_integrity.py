@@ -156,13 +156,14 @@ def test_a_failing_rename_leaves_the_committed_state(tmp_path: Path, monkeypatch
 def test_cli_names_the_damaged_file_repairs_and_resumes(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
     run_dir = _copy(finished[0], tmp_path / "run")
     truncate(run_dir / "iter-0007" / "selected.parquet")
-    failed = cli("resume", run_dir, check=False)
+    fast = {"SYNTHLOOP_FAULT_NO_FSYNC": "1"}
+    failed = cli("resume", run_dir, env=fast, check=False)
     assert failed.returncode == 1
     assert failed.stderr.count("\n") == 1 and "iter-0007/selected.parquet" in failed.stderr
     assert "synthloop repair" in failed.stderr
-    repaired = cli("repair", run_dir)
+    repaired = cli("repair", run_dir, env=fast)
     assert "rolled back iterations 7" in repaired.stdout
-    cli("resume", run_dir)
+    cli("resume", run_dir, env=fast)
     assert cli("check", run_dir).returncode == 0
     assert snapshot(run_dir) == finished[1]
 
@@ -183,3 +184,39 @@ def test_failing_disk_mid_commit_exits_non_zero_and_keeps_the_committed_state(fa
     assert cli("check", run_dir).returncode == 0  # the last committed state is intact
     cli("resume", run_dir, env=fast)
     assert snapshot(run_dir) == finished[1]
+
+
+def test_an_edited_manifest_that_is_still_json_is_caught(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["iterations"][3]["summary"]["n_selected"] += 1
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(IntegrityError, match=r"manifest\.json is corrupted"):
+        resume_run(run_dir)
+    assert repair(RunStore(run_dir)).used_backup
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_a_kill_between_the_manifest_and_the_ledger_rename_is_finished_on_resume(
+    finished: tuple[Path, dict[str, object]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synthloop.store import LEDGER_PENDING
+
+    run_dir = tmp_path / "run"
+    real = RunStore._roll_forward_ledger
+
+    def stop_before_rename(self: RunStore) -> None:
+        if (self.root / LEDGER_PENDING).exists():
+            raise OSError(errno.EIO, "stopped before the ledger rename")
+        real(self)
+
+    monkeypatch.setattr(RunStore, "_roll_forward_ledger", stop_before_rename)
+    with pytest.raises(OSError, match="ledger rename"):
+        run_config(load_config(CRASH_CONFIG), run_dir=run_dir)
+    monkeypatch.setattr(RunStore, "_roll_forward_ledger", real)
+    assert (run_dir / LEDGER_PENDING).exists()
+    assert len(RunStore(run_dir).manifest()["iterations"]) == 1  # iteration 0 is committed
+    resume_run(run_dir)
+    assert not (run_dir / LEDGER_PENDING).exists()
+    assert snapshot(run_dir) == finished[1]
+    assert check_run(RunStore(run_dir)) == []

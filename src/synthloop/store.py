@@ -198,7 +198,7 @@ def records_from_table(table: pa.Table) -> tuple[Candidates, Scores]:
     return candidates, scores
 
 
-TMP_NAME = re.compile(r"^\\..+\\.tmp-\\d+$")
+TMP_NAME = re.compile(r"^\..+\.tmp-\d+$")
 
 
 class RunStore:
