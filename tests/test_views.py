@@ -249,3 +249,12 @@ def test_run_with_trackers_from_the_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "runs" / "crash" / "manifest.json").read_text())["finished"]
     assert (tmp_path / "mlruns").is_dir()
     assert pq.read_table(tmp_path / "runs" / "crash" / "ledger.parquet").num_rows > 0
+
+
+def test_report_of_a_run_with_no_iteration_yet(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create((CRASH_CONFIG).read_text())
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(store.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(_images(out.read_text())) == 4

@@ -96,6 +96,11 @@ def comparability_notes(runs: Sequence[Any]) -> list[str]:
     return notes
 
 
+def _legend(ax: Any, **options: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a run with no committed iteration draws nothing
+        ax.legend(fontsize=7, **options)
+
+
 def _png(draw: Any, runs: Sequence[Any]) -> str:
     import base64
     import io
@@ -129,7 +134,7 @@ def _plot_metric_vs_cost(plt: Any, runs: Sequence[Any]) -> Any:
     ax.set_ylabel(f"{metric} ({direction} is better)" if direction else metric)
     ax.axvline(runs[0].budget, color="grey", ls=":", lw=1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     fig.tight_layout()
     return fig
 
@@ -143,9 +148,10 @@ def _plot_counts(plt: Any, runs: Sequence[Any]) -> Any:
     for ax, title in ((left, "n_t (selected)"), (right, "N_t (generated)")):
         ax.set_xlabel("iteration")
         ax.set_title(title)
-        ax.set_yscale("log")
+        if any(m["n_selected"] > 0 for r in runs for m in r.iterations):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    _legend(left)
     fig.tight_layout()
     return fig
 
@@ -159,7 +165,7 @@ def _plot_acceptance(plt: Any, runs: Sequence[Any]) -> Any:
     ax.set_ylabel("acceptance rate n_t / N_t")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     fig.tight_layout()
     return fig
 
@@ -175,7 +181,7 @@ def _plot_cost_split(plt: Any, runs: Sequence[Any]) -> Any:
     ax.axvline(runs[0].budget, color="grey", ls=":", lw=1)
     ax.set_xlabel(f"cost ({runs[0].unit}); dotted: total budget")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, loc="lower right")
     fig.tight_layout()
     return fig
 

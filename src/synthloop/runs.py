@@ -244,7 +244,8 @@ def repair(store: RunStore) -> RepairResult:
             parts.append(part)
     removed = [e["iteration"] for e in manifest["iterations"][len(good):]]
     new = {**manifest, "iterations": good,
-           "open": {**open_, "parts": parts} if open_ is not None and parts else None}
+           "open": {**open_, "parts": parts} if open_ is not None and parts else None,
+           "finished": bool(manifest.get("finished")) and not removed}
     new["files"] = {k: v for k, v in manifest["files"].items() if k != "ledger.parquet"}
     if good:
         rows = [r for e in good for r in e["ledger"]]
