@@ -37,6 +37,11 @@ from synthloop.budget import Ledger, LedgerRow
 from synthloop.protocols import Learner, Task
 from synthloop.records import Candidates, Scores
 from synthloop.store import (
+    CONFIG,
+    LEDGER,
+    LEDGER_PENDING,
+    MANIFEST,
+    MANIFEST_BACKUP,
     FileEntry,
     IntegrityError,
     RunDirectoryError,
@@ -133,10 +138,8 @@ class Journal:
 
     def finish(self) -> None:
         """Mark the run finished: the plan or the budget is exhausted (resume then has nothing to do)."""
-        if self.store is not None and not self.store.manifest().get("finished"):
-            manifest = self.store.manifest()
-            manifest["finished"] = True
-            self.store._write_manifest(manifest)
+        if self.store is not None:
+            self.store.mark_finished()
 
     def commit_part(self, t: int, n_target: int, part: Part, candidates: Candidates, scores: Scores) -> None:
         """Write a generated part and commit it: a kill after this loses nothing of it."""
@@ -219,14 +222,13 @@ def repair(store: RunStore) -> RepairResult:
     """
     problems: list[str] = []
     manifest, used_backup = _readable_manifest(store, problems)
-    store._manifest = manifest
-    config_problem = _failure(store, manifest["files"]["config.yaml"])
+    config_problem = _failure(store, manifest["files"][CONFIG])
     if config_problem:
         raise RunDirectoryError(f"{config_problem}; a run cannot be repaired without its config: "
                                 "restore config.yaml from a copy")
     good: list[dict[str, Any]] = []
     for entry in manifest["iterations"]:
-        bad = next((p for p in map(lambda f: _failure(store, f), entry["files"]) if p), None)
+        bad = _first_failure(store, entry["files"])
         if bad:
             problems.append(bad)
             break
@@ -237,7 +239,7 @@ def repair(store: RunStore) -> RepairResult:
     open_ = manifest.get("open")
     if open_ is not None and len(good) == len(manifest["iterations"]):
         for part in open_["parts"]:
-            bad = next((p for p in map(lambda f: _failure(store, f), part["files"]) if p), None)
+            bad = _first_failure(store, part["files"])
             if bad:
                 problems.append(bad)
                 break
@@ -246,13 +248,13 @@ def repair(store: RunStore) -> RepairResult:
     new = {**manifest, "iterations": good,
            "open": {**open_, "parts": parts} if open_ is not None and parts else None,
            "finished": bool(manifest.get("finished")) and not removed}
-    new["files"] = {k: v for k, v in manifest["files"].items() if k != "ledger.parquet"}
-    if good:
+    new["files"] = {k: v for k, v in manifest["files"].items() if k != LEDGER}
+    if good:  # staged like a commit's: renamed into place once the new manifest is on disk
         rows = [r for e in good for r in e["ledger"]]
-        new["files"]["ledger.parquet"] = {**asdict(store.write_table(
-            "ledger.parquet.pending", ledger_table_from_dicts(rows))), "path": "ledger.parquet"}
+        staged = store.write_table(LEDGER_PENDING, ledger_table_from_dicts(rows))
+        new["files"][LEDGER] = {**asdict(staged), "path": LEDGER}
     dropped = sorted({e["path"] for e in all_entries(manifest)} - {e["path"] for e in all_entries(new)})
-    store._write_manifest(new)
+    store.replace_manifest(new, previous=manifest)
     removed_files = dropped + store.clean()
     store.check_all()
     return RepairResult(len(good), removed, len(parts), problems, removed_files, used_backup)
@@ -260,10 +262,14 @@ def repair(store: RunStore) -> RepairResult:
 
 def _readable_manifest(store: RunStore, problems: list[str]) -> tuple[dict[str, Any], bool]:
     try:
-        return store.read_manifest("manifest.json"), False
+        return store.read_manifest(MANIFEST), False
     except IntegrityError as error:
         problems.append(str(error).split(";")[0])
-        return store.read_manifest("manifest.backup.json"), True
+        return store.read_manifest(MANIFEST_BACKUP), True
+
+
+def _first_failure(store: RunStore, entries: list[dict[str, Any]]) -> str | None:
+    return next((failure for failure in (_failure(store, e) for e in entries) if failure), None)
 
 
 def _failure(store: RunStore, entry: Mapping[str, Any]) -> str | None:
@@ -278,7 +284,7 @@ def check_run(store: RunStore) -> list[str]:
     """Every problem with a run directory, one line each (empty: every file passes its check)."""
     problems: list[str] = []
     try:
-        manifest = store.read_manifest("manifest.json")
+        manifest = store.read_manifest(MANIFEST)
     except IntegrityError as error:
         return [str(error).split(";")[0]]
     for entry in all_entries(manifest):

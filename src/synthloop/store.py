@@ -312,6 +312,19 @@ class RunStore:
             os.replace(pending, self.root / LEDGER)
             _fsync_dir(self.root)
 
+    def mark_finished(self) -> None:
+        """Record that the run's plan or budget is exhausted."""
+        manifest = self.manifest()
+        if not manifest.get("finished"):
+            manifest["finished"] = True
+            self._write_manifest(manifest)
+
+    def replace_manifest(self, manifest: dict[str, Any], *, previous: dict[str, Any]) -> None:
+        """Commit ``manifest`` in place of ``previous`` (a repair, which may start from the backup);
+        files ``previous`` lists and ``manifest`` does not are deleted after the commit."""
+        self._manifest = previous
+        self._write_manifest(manifest)
+
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         before = self._referenced(self._manifest) if self._manifest is not None else set()
         manifest = {k: v for k, v in manifest.items() if k != "sha256"}
