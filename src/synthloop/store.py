@@ -4,7 +4,7 @@
       config.yaml              the resolved config, package versions, git commit
       manifest.json            what is committed: files with row counts and sha256, ledger rows,
                                iteration summaries, parts of the iteration in progress (written last)
-      manifest.backup.json     the same, written right after it: repair falls back on it
+      manifest.backup.json     a copy, refreshed at every commit but a part's: repair falls back on it
       ledger.parquet           one row per iteration x stage x part (a view of the manifest's rows)
       iter-0000/
         candidates/part-*.parquet   generated candidates with reward and verdict
@@ -270,7 +270,7 @@ class RunStore:
             raise RunDirectoryError(f"{self.root / MANIFEST}: part {part['part']} committed out of order")
         open_["parts"].append(dict(part))
         manifest["open"] = open_
-        self._write_manifest(manifest)
+        self._write_manifest(manifest, backup=False)  # the backup moves on at the iteration's commit
 
     def commit_iteration(
         self,
@@ -325,14 +325,15 @@ class RunStore:
         self._manifest = previous
         self._write_manifest(manifest)
 
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+    def _write_manifest(self, manifest: dict[str, Any], *, backup: bool = True) -> None:
         before = self._referenced(self._manifest) if self._manifest is not None else set()
         manifest = {k: v for k, v in manifest.items() if k != "sha256"}
         manifest["sha256"] = _manifest_digest(manifest)
         text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default).encode()
         faults.point("commit", MANIFEST)
         atomic_write_bytes(self.root / MANIFEST, text)
-        atomic_write_bytes(self.root / MANIFEST_BACKUP, text)
+        if backup:
+            atomic_write_bytes(self.root / MANIFEST_BACKUP, text)
         self._manifest = json.loads(text)
         faults.point("cleanup")
         for relative in sorted(before - self._referenced(self._manifest)):
