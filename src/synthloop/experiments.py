@@ -48,14 +48,15 @@ def provenance() -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "packages": versions,
-        "git_commit": _git_commit(),
+        "git_commit": _git_commit(Path(__file__).parent),  # synthloop's own source, if a checkout
+        "project_git_commit": _git_commit(Path.cwd()),  # the project the run was started from
     }
 
 
-def _git_commit() -> str | None:
+def _git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent, check=False)
+                             timeout=5, cwd=folder, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
