@@ -9,7 +9,7 @@ forward passes, FLOPs, seconds), so the budget is in whatever unit the user name
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -131,6 +131,12 @@ class Ledger:
         )
         self._spent += cost
         return cost
+
+    def restore(self, rows: Iterable[LedgerRow]) -> None:
+        """Append rows charged before a stop (read back from the run directory)."""
+        for row in rows:
+            self.rows.append(row)
+            self._spent += row.cost
 
     def spent_by_iteration(self) -> dict[int, float]:
         out: dict[int, float] = {}

@@ -25,6 +25,14 @@ console = Console(width=None if sys.stdout.isatty() else 140)  # logs: no trunca
 T = TypeVar("T")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory (RUNS_DIR/NAME).", show_default=False)]
+TensorBoardOpt = Annotated[
+    Path | None, typer.Option(help="Also log per-iteration metrics to this TensorBoard log folder.")
+]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option(help="Also log to MLflow at this tracking URI (a folder, file:///... or sqlite:///...)."),
+]
 
 
 @contextmanager
@@ -74,20 +82,54 @@ def run(
     config: ConfigArg,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = False,
+    tensorboard: TensorBoardOpt = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Run a bootstrapping job; everything it produces goes to RUNS_DIR/NAME."""
     from synthloop.experiments import run_config
-    from synthloop.progress import RunProgress
+    from synthloop.progress import RunProgress, fan_out
 
     with clear_errors():
         cfg = load_config(config)
         run_dir = runs_dir / cfg.name
-        with RunProgress() as progress:
-            history = run_config(cfg, run_dir=run_dir, report=progress, overwrite=overwrite)
+        with RunProgress() as progress, _trackers(cfg.name, tensorboard, mlflow) as trackers:
+            history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
+                                 overwrite=overwrite)
+    _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
+
+
+@app.command()
+def resume(run_dir: RunDirArg, tensorboard: TensorBoardOpt = None, mlflow: MlflowOpt = None) -> None:
+    """Continue a stopped run from its last committed state (every file is checked first)."""
+    from synthloop.experiments import resume_run
+    from synthloop.progress import RunProgress, fan_out
+
+    with clear_errors(), RunProgress() as progress, _trackers(run_dir.name, tensorboard, mlflow) as trackers:
+        cfg, history = resume_run(run_dir, report=fan_out(progress, *trackers))
+    _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
+
+
+@contextmanager
+def _trackers(name: str, tensorboard: Path | None, mlflow: str | None) -> Iterator[list[Any]]:
+    from synthloop.trackers import MLflowTracker, TensorBoardTracker
+
+    trackers: list[Any] = []
+    try:
+        if tensorboard is not None:
+            trackers.append(TensorBoardTracker(tensorboard / name))
+        if mlflow is not None:
+            trackers.append(MLflowTracker(mlflow, run_name=name))
+        yield trackers
+    finally:
+        for tracker in trackers:
+            tracker.close()
+
+
+def _print_outcome(history: list[dict[str, Any]], budget: float, unit: str, run_dir: Path) -> None:
     last = history[-1] if history else None
     spent = last["cumulative_cost"] if last else 0.0
-    console.print(f"{len(history)} iterations, spent {spent:.6g} of {cfg.budget.total:g} "
-                  f"{cfg.budget.unit}; run directory: {run_dir}")
+    console.print(f"{len(history)} iterations, spent {spent:.6g} of {budget:g} "
+                  f"{unit}; run directory: {run_dir}")
     if last and last["eval"]:
         console.print("final: " + ", ".join(f"{k}={v:.6g}" for k, v in last["eval"].items()))
 
@@ -126,6 +168,92 @@ def compare(
                                   progress=lambda name, k: bar.advance(task))
     _print_summary(summary)
     console.print(f"table: {folder / 'table.md'}  plot: {folder / 'compare.png'}  runs: {folder / 'runs'}")
+
+
+@app.command()
+def repair(run_dir: RunDirArg) -> None:
+    """Roll a damaged run back to its last intact iteration (then `synthloop resume` continues it)."""
+    from synthloop.runs import repair as repair_run
+    from synthloop.store import RunStore
+
+    with clear_errors():
+        result = repair_run(RunStore(run_dir))
+    for problem in result.problems:
+        console.print(f"failed check: {problem}", soft_wrap=True)
+    if result.used_backup:
+        console.print("manifest.json was damaged: restored from manifest.backup.json")
+    if result.removed_iterations:
+        console.print(f"rolled back iterations {', '.join(map(str, result.removed_iterations))}")
+    console.print(f"{run_dir}: {result.kept_iterations} committed iterations"
+                  + (f" and {result.kept_parts} parts of the next" if result.kept_parts else "")
+                  + f" intact; removed {len(result.removed_files)} files", soft_wrap=True)
+
+
+@app.command()
+def check(run_dir: RunDirArg) -> None:
+    """Check every file of a run against its manifest; exit 1 naming each file that fails."""
+    from synthloop.runs import check_run
+    from synthloop.store import RunStore
+
+    with clear_errors():
+        problems = check_run(RunStore(run_dir))
+    for problem in problems:
+        typer.echo(f"synthloop: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{run_dir}: every file matches the manifest")
+
+
+@app.command()
+def inspect(run_dir: RunDirArg) -> None:
+    """Show a run's iterations: n_t, N_t, acceptance, budget used and metrics."""
+    from synthloop.views import run_summary
+
+    with clear_errors():
+        summary = run_summary(run_dir)
+    metric_names = sorted({k for m in summary.iterations for k in m["eval"]})
+    initial = ", ".join(f"{k}={v:.4g}" for k, v in summary.initial.items())
+    table = Table(title=f"{summary.name}: {summary.schedule}, budget {summary.budget:g} {summary.unit}; "
+                        f"initial {initial}")
+    for column in ("iteration", "n_t", "N_t", "acceptance", "cost", "cumulative", "used", *metric_names):
+        table.add_column(column, justify="right")
+    for m in summary.iterations:
+        table.add_row(str(m["iteration"]) + (" (cut)" if m["cut"] else ""), str(m["n_selected"]),
+                      str(m["n_generated"]), f"{m['acceptance_rate']:.4f}", f"{m['iteration_cost']:.6g}",
+                      f"{m['cumulative_cost']:.6g}", f"{100 * m['cumulative_cost'] / summary.budget:.1f}%",
+                      *(f"{m['eval'][k]:.4g}" if k in m["eval"] else "" for k in metric_names))
+    wide = console if console.is_terminal else Console(width=160)
+    wide.print(table)
+    wide.print(summary.status, soft_wrap=True)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to put in one report.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write a self-contained HTML page (embedded PNG plots) about one or more runs."""
+    from synthloop.report import html_report
+
+    with clear_errors():
+        notes = html_report(run_dirs, out)
+    for note in notes:
+        console.print(note, soft_wrap=True)
+    console.print(f"report: {out}")
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    iteration: Annotated[int, typer.Option(help="Which iteration's selected set (default: the last).")] = -1,
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .jsonl.")] = Path("selected.parquet"),
+) -> None:
+    """Export an iteration's selected set as a Parquet or JSONL file `datasets.load_dataset` reads."""
+    from synthloop.views import export_selected
+
+    with clear_errors():
+        rows = export_selected(run_dir, iteration=iteration, out=out)
+    console.print(f"{rows} rows written to {out}")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -188,6 +188,7 @@ class LoopConfig(Strict):
     store_candidates: Literal["all", "selected", "none"] = "all"
     max_iterations: Annotated[int, Field(ge=1)] | None = None
     max_draws_per_selected: Annotated[float, Field(gt=1)] = 10_000.0
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 3
 
 
 class EvalConfig(Strict):
@@ -381,6 +382,7 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         store_candidates=config.loop.store_candidates,
         eval_every=config.eval.every,
         max_draws_per_selected=config.loop.max_draws_per_selected,
+        keep_checkpoints=config.loop.keep_checkpoints,
     )
 
 

@@ -48,14 +48,15 @@ def provenance() -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "packages": versions,
-        "git_commit": _git_commit(),
+        "git_commit": _git_commit(Path(__file__).parent),  # synthloop's own source, if a checkout
+        "project_git_commit": _git_commit(Path.cwd()),  # the project the run was started from
     }
 
 
-def _git_commit() -> str | None:
+def _git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent, check=False)
+                             timeout=5, cwd=folder, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -91,6 +92,18 @@ def run_config(
         store.create(resolved_config_text(config), overwrite=overwrite)
     return run(components, planner, config.budget.cost_model(), loop_settings(config),
                seed=config.seed, store=store, report=report)
+
+
+def resume_run(run_dir: Path, *, report: Report | None = None) -> tuple[RunConfig, list[dict[str, Any]]]:
+    """Continue the run in ``run_dir`` from its last committed state, with the config it holds.
+
+    Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
+    """
+    store = RunStore(run_dir)
+    config = config_from_run_text(store.config_text())
+    history = run(build_components(config), make_planner(config), config.budget.cost_model(),
+                  loop_settings(config), seed=config.seed, store=store, report=report)
+    return config, history
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ So a run never spends past its budget; an iteration that could not reach n_t is 
 
 Randomness: one ``SeedSequence`` tree, keyed by (iteration, stage, part), so any iteration or part
 can be re-run alone and a resumed run draws exactly what an uninterrupted one would.
+
+Crash safety: each generated part and each finished iteration is committed to the run directory by
+a :class:`~synthloop.runs.Journal`. Given a store that already holds committed progress, ``run``
+continues from it: committed parts are read back, never regenerated, so their budget is never spent
+twice, and the run ends exactly where an uninterrupted one would (``docs/run-directory.md``).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from synthloop import faults
 from synthloop.budget import TOLERANCE, CostModel, Ledger, Planner, UnitCosts
 from synthloop.protocols import Generator, Learner, Selector, Task
 from synthloop.records import Candidates, Prompts, Scores, Verdict
-from synthloop.store import FileEntry, RunStore, candidates_table, iteration_dir
+from synthloop.runs import Journal, Part, without_usage
+from synthloop.store import RunStore
 
 PROMPTS, GENERATE, SELECT, UPDATE, EVALUATE = range(5)
 Report = Callable[[str, Mapping[str, Any]], None]
@@ -41,6 +48,7 @@ class LoopSettings:
     store_candidates: Literal["all", "selected", "none"] = "all"
     eval_every: int = 1
     max_draws_per_selected: float = 10_000.0  # give up on an iteration whose acceptance is ~0
+    keep_checkpoints: int = 3  # learner checkpoints kept in the run directory (the last K iterations)
 
 
 @dataclass
@@ -62,7 +70,6 @@ class _Iteration:
     pending: list[tuple[int, Candidates, Prompts, Scores]] = field(default_factory=list)  # select mode
     train_committed: float = 0.0  # training cost of what is kept
     verdicts: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
-    files: list[FileEntry] = field(default_factory=list)
 
     @property
     def n_kept(self) -> int:
@@ -83,33 +90,48 @@ def run(
     store: RunStore | None = None,
     report: Report | None = None,
 ) -> list[dict[str, Any]]:
-    """Run until the budget or the plan ends; return each iteration's metrics."""
+    """Run until the budget or the plan ends; return each iteration's metrics.
+
+    If ``store`` holds committed progress, the run continues from its last committed state.
+    """
     ledger = Ledger(total=planner.budget, costs=costs)
     emit = report or (lambda event, payload: None)
-    initial = parts.task.evaluate(parts.learner.model, rng=rng_for(seed, 1, EVALUATE))
-    if store is not None:
-        store.commit_initial(initial)
-    emit("start", {"initial": initial, "plan": planner.plan()})
-    history: list[dict[str, Any]] = []
+    journal = Journal(store, store_candidates=settings.store_candidates,
+                      keep_checkpoints=settings.keep_checkpoints)
+    initial = journal.initial(
+        parts.task, lambda: parts.task.evaluate(parts.learner.model, rng=rng_for(seed, 1, EVALUATE)))
+    history = journal.restore(parts.learner, ledger)
     acceptance, unit_costs = planner.acceptance_rate, planner.unit_costs
-    t = 0
-    while True:
+    for metrics in history:  # what the planner had measured when the run stopped
+        acceptance, unit_costs = _measured(metrics, acceptance, unit_costs)
+    emit("start", {"initial": initial, "plan": planner.plan(), "resumed": len(history),
+                   "spent": ledger.spent, "total": ledger.total})
+    t = len(history)
+    while not (history and _last(history[-1])):
         upcoming = planner.refit(next_iteration=t, spent=ledger.spent, acceptance_rate=acceptance,
                                  unit_costs=unit_costs)
         if not upcoming:
             break
         metrics = run_iteration(t, upcoming[0].n_selected, parts, ledger, settings, seed=seed,
-                                store=store, acceptance=acceptance, emit=emit, planned_cut=upcoming[0].cut)
+                                journal=journal, acceptance=acceptance, emit=emit,
+                                planned_cut=upcoming[0].cut)
         history.append(metrics)
         emit("iteration", metrics)
-        if metrics["n_generated"] > 0 and metrics["n_selected"] > 0:
-            acceptance = metrics["n_selected"] / metrics["n_generated"]
-            unit_costs = _measured_unit_costs(metrics, unit_costs)
-        if metrics["cut"] or metrics["n_selected"] == 0:
-            break
+        acceptance, unit_costs = _measured(metrics, acceptance, unit_costs)
         t += 1
+    journal.finish()
     emit("end", {"history": history, "spent": ledger.spent})
     return history
+
+
+def _last(metrics: Mapping[str, Any]) -> bool:
+    return bool(metrics["cut"] or metrics["n_selected"] == 0)
+
+
+def _measured(metrics: Mapping[str, Any], acceptance: float, unit_costs: UnitCosts) -> tuple[float, UnitCosts]:
+    if metrics["n_generated"] > 0 and metrics["n_selected"] > 0:
+        return metrics["n_selected"] / metrics["n_generated"], _measured_unit_costs(metrics, unit_costs)
+    return acceptance, unit_costs
 
 
 def run_iteration(
@@ -120,7 +142,7 @@ def run_iteration(
     settings: LoopSettings,
     *,
     seed: int,
-    store: RunStore | None,
+    journal: Journal,
     acceptance: float,
     emit: Report,
     planned_cut: bool = False,
@@ -129,6 +151,10 @@ def run_iteration(
     it = _Iteration(target=n_target)
     started = ledger.spent
     model = parts.learner.model
+    for part in journal.resumed_parts(t, n_target):  # committed before a stop: read back, not redrawn
+        ledger.restore(part.ledger_rows)
+        _apply(it, part, _prompts(t, part.part, part.size, parts, seed=seed))
+        acceptance = max(it.n_kept, 1) / it.generated if settings.mode == "accept" else acceptance
     draw_bound = _draw_cost_bound(parts.generator, ledger.costs)
     wanted_draws = math.ceil(settings.oversample * n_target) if settings.mode == "select" else None
     max_draws = settings.max_draws_per_selected * n_target
@@ -150,59 +176,82 @@ def run_iteration(
         if size < 1:
             cut = True
             break
-        _generate_part(t, it, size, parts, ledger, settings, seed=seed, model=model, store=store)
+        _generate_part(t, it, size, parts, ledger, seed=seed, model=model, journal=journal)
         acceptance = max(it.n_kept, 1) / it.generated if settings.mode == "accept" else acceptance
         emit("part", {"iteration": t, "kept": it.n_kept, "target": n_target,
                       "generated": it.generated, "spent": ledger.spent, "total": ledger.total})
     if settings.mode == "select":
         _select_all(t, it, parts, ledger, seed=seed)
     cut = cut or it.n_kept < n_target
-    return _finish(t, it, parts, ledger, settings, seed=seed, store=store, cut=cut, started=started)
+    return _finish(t, it, parts, ledger, settings, seed=seed, journal=journal, cut=cut, started=started)
+
+
+def _prompts(t: int, p: int, size: int, parts: Components, *, seed: int) -> Prompts:
+    return parts.task.sample_prompts(size, rng=rng_for(seed, 0, t, PROMPTS, p))
 
 
 def _generate_part(
-    t: int, it: _Iteration, size: int, parts: Components, ledger: Ledger, settings: LoopSettings,
-    *, seed: int, model: Any, store: RunStore | None,
+    t: int, it: _Iteration, size: int, parts: Components, ledger: Ledger,
+    *, seed: int, model: Any, journal: Journal,
 ) -> None:
     p = it.parts
+    first_row = len(ledger.rows)
     clock = time.perf_counter()
-    prompts = parts.task.sample_prompts(size, rng=rng_for(seed, 0, t, PROMPTS, p))
+    prompts = _prompts(t, p, size, parts, seed=seed)
     candidates = parts.generator.generate(model, prompts, rng=rng_for(seed, 0, t, GENERATE, p))
+    faults.point("generate", f"{t}/{p}")
     _charge(ledger, t, "generate", candidates.usage, len(candidates), time.perf_counter() - clock)
     clock = time.perf_counter()
     scores = parts.task.verifier.verify(candidates, prompts)
+    faults.point("verify", f"{t}/{p}")
     verify_usage = scores.usage or {"samples": np.ones(len(scores))}
     _charge(ledger, t, "verify", verify_usage, len(scores), time.perf_counter() - clock)
-    it.generated += len(candidates)
-    it.parts += 1
-    it.verdicts += np.bincount(scores.verdict, minlength=3)[:3]
+    part = Part(part=p, size=len(candidates), ledger_rows=ledger.rows[first_row:],
+                verdicts=np.bincount(scores.verdict, minlength=3)[:3].astype(np.int64),
+                train_committed=it.train_committed)
     if parts.selector.streaming:
         chosen = parts.selector.select(scores, n_wanted=it.target - it.n_kept,
                                        rng=rng_for(seed, 0, t, SELECT, p))
-        _admit(it, p, chosen, candidates, prompts, scores, parts, ledger)
+        part.kept, part.train_committed = _admit(it, chosen, candidates, scores, parts, ledger)
     else:
-        it.pending.append((p, candidates, prompts, scores))
-    if store is not None and settings.store_candidates == "all":
-        table = candidates_table(iteration=t, part=p, candidates=candidates, scores=scores)
-        it.files.append(store.write_table(f"{iteration_dir(t)}/candidates/part-{p:04d}.parquet", table))
+        part.pending = (candidates, without_usage(scores))
+    journal.commit_part(t, it.target, part, candidates, scores)
+    _apply(it, part, prompts)
+
+
+def _apply(it: _Iteration, part: Part, prompts: Prompts) -> None:
+    """Add a generated (or committed and read back) part to what the iteration holds."""
+    it.generated += part.size
+    it.parts += 1
+    it.verdicts += part.verdicts
+    it.train_committed = part.train_committed
+    if part.kept is not None:
+        chosen, candidates, scores = part.kept
+        it.kept.append((part.part, chosen, candidates, prompts.take(chosen), scores))
+    if part.pending is not None:
+        candidates, scores = part.pending
+        it.pending.append((part.part, candidates, prompts, scores))
 
 
 def _admit(
-    it: _Iteration, part: int, chosen: np.ndarray, candidates: Candidates, prompts: Prompts,
-    scores: Scores, parts: Components, ledger: Ledger,
-) -> None:
-    """Keep ``chosen`` rows in order while their training cost still fits the budget."""
+    it: _Iteration, chosen: np.ndarray, candidates: Candidates, scores: Scores, parts: Components,
+    ledger: Ledger,
+) -> tuple[tuple[np.ndarray, Candidates, Scores] | None, float]:
+    """Keep ``chosen`` rows in order while their training cost still fits the budget; return them
+    and the training cost reserved for the iteration's kept rows so far."""
     if len(chosen) == 0:
-        return
+        return None, it.train_committed
     picked = candidates.take(chosen)
     train_cost = ledger.costs.per_item("train", parts.learner.training_usage(picked), len(picked))
     room = (ledger.remaining - it.train_committed) * (1 + TOLERANCE)
     total = float(train_cost.sum())
     fits = len(chosen) if total <= room else int(np.searchsorted(np.cumsum(train_cost), room, side="right"))
+    if fits == 0:
+        return None, it.train_committed
     if fits < len(chosen):
         chosen, picked = chosen[:fits], picked.take(np.arange(fits))
-    it.train_committed += total if fits == len(train_cost) else float(train_cost[:fits].sum())
-    it.kept.append((part, chosen, picked, prompts.take(chosen), scores.take(chosen)))
+        total = float(train_cost[:fits].sum())
+    return (chosen, picked, without_usage(scores.take(chosen))), it.train_committed + total
 
 
 def _select_all(t: int, it: _Iteration, parts: Components, ledger: Ledger, *, seed: int) -> None:
@@ -213,18 +262,21 @@ def _select_all(t: int, it: _Iteration, parts: Components, ledger: Ledger, *, se
     offsets = np.cumsum([0] + [len(c) for _, c, _, _ in it.pending])
     for (part, candidates, prompts, part_scores), lo, hi in zip(it.pending, offsets[:-1], offsets[1:], strict=True):
         local = chosen[(chosen >= lo) & (chosen < hi)] - lo
-        _admit(it, part, local, candidates, prompts, part_scores, parts, ledger)
+        kept, it.train_committed = _admit(it, local, candidates, part_scores, parts, ledger)
+        if kept is not None:
+            it.kept.append((part, kept[0], kept[1], prompts.take(kept[0]), kept[2]))
 
 
 def _finish(
     t: int, it: _Iteration, parts: Components, ledger: Ledger, settings: LoopSettings, *,
-    seed: int, store: RunStore | None, cut: bool, started: float,
+    seed: int, journal: Journal, cut: bool, started: float,
 ) -> dict[str, Any]:
     if it.kept:
         selected = Candidates.concat([c for *_, c, _, _ in it.kept])
         prompts = Prompts.concat([p for *_, p, _ in it.kept])
         clock = time.perf_counter()
         train_metrics = parts.learner.update(selected, prompts, rng=rng_for(seed, 0, t, UPDATE))
+        faults.point("train", str(t))
         usage = parts.learner.training_usage(selected)
         _charge(ledger, t, "train", usage, len(selected), time.perf_counter() - clock)
     else:
@@ -232,30 +284,10 @@ def _finish(
     evaluation: dict[str, float] = {}
     if (t + 1) % settings.eval_every == 0 or cut:
         evaluation = parts.task.evaluate(parts.learner.model, rng=rng_for(seed, 0, t, EVALUATE))
+        faults.point("evaluate", str(t))
     metrics = _metrics(t, it, ledger, cut=cut, started=started, train=train_metrics, evaluation=evaluation)
-    if store is not None:
-        _write_iteration(t, it, parts, ledger, settings, store, metrics)
+    journal.commit_iteration(t, [(p, ix, c, s) for p, ix, c, _, s in it.kept], parts.learner, ledger, metrics)
     return metrics
-
-
-def _write_iteration(
-    t: int, it: _Iteration, parts: Components, ledger: Ledger, settings: LoopSettings,
-    store: RunStore, metrics: dict[str, Any],
-) -> None:
-    files = list(it.files)
-    if settings.store_candidates != "none" and it.kept:
-        import pyarrow as pa
-
-        tables = [candidates_table(iteration=t, part=part, candidates=c, scores=s, indices=ix)
-                  for part, ix, c, _, s in it.kept]
-        files.append(store.write_table(f"{iteration_dir(t)}/selected.parquet", pa.concat_tables(tables)))
-    checkpoint = store.root / iteration_dir(t) / "checkpoint"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    parts.learner.save(checkpoint)
-    files.extend(store.entry_for(str(p.relative_to(store.root)))
-                 for p in sorted(checkpoint.rglob("*")) if p.is_file())
-    files.append(store.write_json(f"{iteration_dir(t)}/metrics.json", metrics))
-    store.commit_iteration(t, files, metrics, ledger)
 
 
 def _metrics(

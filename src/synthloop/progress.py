@@ -4,33 +4,54 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+Event = Callable[[str, Mapping[str, Any]], None]
+
+
+def fan_out(*reports: Event) -> Event:
+    """One ``report`` callback that passes every event to each of ``reports`` in turn."""
+
+    def report(event: str, payload: Mapping[str, Any]) -> None:
+        for each in reports:
+            each(event, payload)
+
+    return report
 
 
 class RunProgress:
     """Receives the loop's events (``start``, ``part``, ``iteration``, ``end``) and shows them.
 
+    On a terminal: a live display of the iteration (kept / target, drawn), the budget used, the rate
+    of spending and the ETA of the budget. Otherwise one plain line per iteration, and at most one
+    line per ``interval`` seconds within an iteration, so CI logs stay readable. The rate and ETA
+    count only spending since this process started (a resumed run does not claim its past).
+
     Use as a context manager; pass the instance as the loop's ``report`` callback.
     """
 
-    def __init__(self, *, console: Console | None = None, interval: float = 10.0) -> None:
+    def __init__(self, *, console: Console | None = None, interval: float = 10.0,
+                 stream: TextIO | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.interval = interval
+        self.stream = stream
         self._live = self.console.is_terminal
         self._progress: Progress | None = None
         self._budget_task: Any = None
         self._iteration_task: Any = None
         self._last_line = 0.0
+        self._clock = time.monotonic()
+        self._spent_at_start = 0.0
 
     def __enter__(self) -> RunProgress:
         if self._live:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+                TimeElapsedColumn(), console=self.console, transient=False,
             )
             self._progress.start()
         return self
@@ -47,26 +68,44 @@ class RunProgress:
         elif event == "start":
             self._start(payload)
 
+    def rate_and_eta(self, spent: float, total: float) -> tuple[float, float | None]:
+        """Budget units spent per second since the start, and seconds until the budget is spent."""
+        elapsed = max(time.monotonic() - self._clock, 1e-9)
+        rate = (spent - self._spent_at_start) / elapsed
+        eta = (total - spent) / rate if rate > 0 else None
+        return rate, eta
+
     def _start(self, payload: Mapping[str, Any]) -> None:
         plan = payload["plan"]
-        total = plan[-1].cumulative_cost if plan else 0.0
+        self._clock, self._spent_at_start = time.monotonic(), float(payload.get("spent", 0.0))
+        resumed = payload.get("resumed", 0)
+        line = (f"plan: {len(plan)} iterations, expected cost {plan[-1].cumulative_cost if plan else 0.0:.6g}"
+                + (f"; resuming after {resumed} committed iterations, {self._spent_at_start:.6g} spent"
+                   if resumed else ""))
         if self._progress is not None:
-            self._budget_task = self._progress.add_task("budget", total=max(total, 1e-12), detail="")
-            self._iteration_task = self._progress.add_task("iteration 0", total=1, detail="")
+            total = float(payload.get("total", plan[-1].cumulative_cost if plan else 1.0))
+            self._budget_task = self._progress.add_task("budget", total=max(total, 1e-12),
+                                                        detail="")
+            self._progress.update(self._budget_task, completed=self._spent_at_start)
+            self._iteration_task = self._progress.add_task(f"iteration {resumed}", total=1, detail="")
+            self._progress.console.print(line, soft_wrap=True)
         else:
-            self.console.print(f"plan: {len(plan)} iterations, expected cost {total:.6g}", soft_wrap=True)
+            self._print(line)
 
     def _part(self, payload: Mapping[str, Any]) -> None:
         t, kept, target = payload["iteration"], payload["kept"], payload["target"]
-        detail = f"kept {kept}/{target}, drawn {payload['generated']}, spent {payload['spent']:.6g}/{payload['total']:.6g}"
+        spent, total = payload["spent"], payload["total"]
+        rate, eta = self.rate_and_eta(spent, total)
+        timing = f"rate {rate:.4g}/s, ETA {_duration(eta)}"
         if self._progress is not None:
             self._progress.update(self._iteration_task, description=f"iteration {t}", total=target,
-                                  completed=kept, detail=f"drawn {payload['generated']}")
-            self._progress.update(self._budget_task, total=payload["total"], completed=payload["spent"],
-                                  detail=f"{payload['spent']:.6g}/{payload['total']:.6g}")
+                                  completed=kept, detail=f"kept {kept}/{target}, drawn {payload['generated']}")
+            self._progress.update(self._budget_task, total=total, completed=spent,
+                                  detail=f"{spent:.6g}/{total:.6g} ({100 * spent / total:.1f}%), {timing}")
         elif time.monotonic() - self._last_line > self.interval:
             self._last_line = time.monotonic()
-            print(f"[synthloop] iteration {t}: {detail}", file=sys.stderr, flush=True)
+            self._print(f"iteration {t}: kept {kept}/{target}, drawn {payload['generated']}, "
+                        f"budget {spent:.6g}/{total:.6g} ({100 * spent / total:.1f}%), {timing}")
 
     def _iteration(self, m: Mapping[str, Any]) -> None:
         evaluation = ", ".join(f"{k}={v:.5g}" for k, v in m["eval"].items())
@@ -77,4 +116,14 @@ class RunProgress:
         if self._progress is not None:
             self._progress.console.print(line, soft_wrap=True)
         else:
-            print(f"[synthloop] {line}", file=sys.stderr, flush=True)
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        print(f"[synthloop] {line}", file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -1,0 +1,94 @@
+"""Per-iteration metrics to experiment trackers: TensorBoard and MLflow (optional extras).
+
+Each tracker is a ``report`` callback of the loop (combine them with ``progress.fan_out``) with a
+``close()``. Each logs, at step = iteration: the evaluation metrics (``eval/...``), n_t, N_t, the
+acceptance rate, the iteration's and the cumulative cost, and the cost of each stage. Both write to
+local files, no server: TensorBoard event files in a folder; MLflow to a local tracking URI (a
+folder, ``file:///...``, or ``sqlite:///...`` where MLflow's SQL store is installed).
+
+``pip install 'synthloop[tensorboard]'`` / ``'synthloop[mlflow]'``; imported only when used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def iteration_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers a tracker logs for one iteration's metrics."""
+    scalars = {
+        "n_selected": float(metrics["n_selected"]),
+        "n_generated": float(metrics["n_generated"]),
+        "acceptance_rate": float(metrics["acceptance_rate"]),
+        "iteration_cost": float(metrics["iteration_cost"]),
+        "cumulative_cost": float(metrics["cumulative_cost"]),
+    }
+    scalars.update({f"cost/{stage}": float(v) for stage, v in metrics["cost"].items()})
+    scalars.update({f"eval/{name}": float(v) for name, v in metrics["eval"].items()})
+    scalars.update({f"train/{name}": float(v) for name, v in metrics["train"].items()})
+    return scalars
+
+
+class TensorBoardTracker:
+    """Writes scalars to TensorBoard event files in ``logdir`` (``tensorboard --logdir`` reads them)."""
+
+    def __init__(self, logdir: Path) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(self.logdir))
+
+    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
+        if event == "start":
+            self._log(-1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()})
+        elif event == "iteration":
+            self._log(int(payload["iteration"]), iteration_scalars(payload))
+
+    def _log(self, step: int, scalars: Mapping[str, float]) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                               summary=summary_pb2.Summary(value=values)))
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MLflowTracker:
+    """Logs to an MLflow run (one per synthloop run) at a local tracking URI."""
+
+    def __init__(self, tracking_uri: str, *, run_name: str, experiment: str = "synthloop") -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri if "://" in tracking_uri else Path(tracking_uri).resolve().as_uri()
+        if uri.startswith("file:"):
+            # MLflow 3 keeps its file store only on request ("maintenance mode"); it needs no server
+            # and no SQL driver, which is what a local run wants.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+
+    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
+        if event == "start":
+            self._log(-1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()})
+        elif event == "iteration":
+            self._log(int(payload["iteration"]), iteration_scalars(payload))
+
+    def _log(self, step: int, scalars: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key=k.replace("/", "."), value=v, timestamp=now, step=step) for k, v in scalars.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)

@@ -1,0 +1,222 @@
+"""Corruption and failing disks: every damaged artifact is named, repair rolls back to the last intact
+state, and the resumed run still ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from crashsafe_support import CRASH_CONFIG, cli, snapshot
+from synthloop import faults
+from synthloop.configs import load_config
+from synthloop.experiments import resume_run, run_config
+from synthloop.runs import check_run, repair
+from synthloop.store import IntegrityError, RunStore
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def bit_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+DAMAGE = {"truncated": truncate, "bit-flipped": bit_flip, "deleted": delete}
+# file -> committed iterations left after repair (8 in all; checkpoints kept for the last 2)
+ARTIFACTS = {
+    "iter-0007/candidates/part-0001.parquet": 7,
+    "iter-0006/selected.parquet": 0,  # iterations 0-5 have no checkpoint left: back to the start
+    "iter-0007/checkpoint/theta.json": 7,
+    "manifest.json": 8,  # repaired from manifest.backup.json
+    "ledger.parquet": 8,  # rewritten from the manifest's ledger rows
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHLOOP_FAULT_NO_FSYNC", "1")  # exceptions, not power cuts: see faults.py
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    os.environ["SYNTHLOOP_FAULT_NO_FSYNC"] = "1"
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_config(load_config(CRASH_CONFIG), run_dir=run_dir)
+    del os.environ["SYNTHLOOP_FAULT_NO_FSYNC"]
+    return run_dir, snapshot(run_dir)
+
+
+def _copy(run_dir: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, to)
+    return to
+
+
+CASES = [(artifact, damage) for artifact in ARTIFACTS for damage in DAMAGE
+         if artifact not in ("iter-0006/selected.parquet", "ledger.parquet") or damage == "bit-flipped"]
+
+
+@pytest.mark.parametrize("artifact,damage", CASES)
+def test_damage_is_named_then_repaired_and_the_run_resumes(
+    artifact: str, damage: str, finished: tuple[Path, dict[str, object]], tmp_path: Path,
+) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    DAMAGE[damage](run_dir / artifact)
+    with pytest.raises(IntegrityError) as error:
+        resume_run(run_dir)
+    assert str(run_dir / artifact) in str(error.value) and "\n" not in str(error.value)
+    assert any(artifact in problem for problem in check_run(RunStore(run_dir)))
+
+    result = repair(RunStore(run_dir))
+    assert result.kept_iterations == ARTIFACTS[artifact]
+    assert check_run(RunStore(run_dir)) == []
+    assert not (run_dir / artifact).exists() or artifact.split("/")[0] not in {
+        f"iter-{i:04d}" for i in result.removed_iterations}
+    resume_run(run_dir)
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_damage_in_the_open_iteration_rolls_back_parts_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "run"
+    faults.reset()
+    monkeypatch.setenv("SYNTHLOOP_FAULT_OSERROR", "generate:8")  # stops in iteration 0 after 7 parts
+    with pytest.raises(OSError):
+        run_config(load_config(CRASH_CONFIG), run_dir=run_dir)
+    monkeypatch.delenv("SYNTHLOOP_FAULT_OSERROR")
+    parts = RunStore(run_dir).manifest()["open"]["parts"]
+    assert len(parts) == 7
+    bad = parts[4]["files"][0]["path"]
+    bit_flip(run_dir / bad)
+    result = repair(RunStore(run_dir))
+    assert (result.kept_iterations, result.kept_parts) == (0, 4)
+    assert bad in result.problems[0]
+
+
+def test_config_damage_cannot_be_repaired(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    bit_flip(run_dir / "config.yaml")
+    with pytest.raises(IntegrityError, match=r"config\.yaml"):
+        resume_run(run_dir)
+    with pytest.raises(Exception, match=r"config\.yaml"):
+        repair(RunStore(run_dir))
+
+
+def test_stray_files_are_ignored_and_cleaned(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    (run_dir / "iter-0003" / "candidates" / "part-0099.parquet").write_bytes(b"left by a crash")
+    (run_dir / "iter-0008" / "kept").mkdir(parents=True)
+    (run_dir / "iter-0008" / "kept" / "part-0000.parquet").write_bytes(b"not committed")
+    (run_dir / "iter-0002" / ".metrics.json.tmp-123").write_bytes(b"{")
+    resume_run(run_dir)
+    assert not (run_dir / "iter-0008").exists()
+    assert not (run_dir / "iter-0003" / "candidates" / "part-0099.parquet").exists()
+    assert not (run_dir / "iter-0002" / ".metrics.json.tmp-123").exists()
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_a_failing_rename_leaves_the_committed_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real OSError from the file system (no fault hook): the manifest is never half-replaced."""
+    run_dir = tmp_path / "run"
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def failing_replace(src: str | Path, dst: str | Path) -> None:
+        calls["n"] += 1
+        if Path(dst).name == "manifest.json" and calls["n"] > 40:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space"):
+        run_config(load_config(CRASH_CONFIG), run_dir=run_dir)
+    before = RunStore(run_dir).manifest()
+    assert check_run(RunStore(run_dir)) == []
+    monkeypatch.setattr(os, "replace", real_replace)
+    resume_run(run_dir)
+    assert len(RunStore(run_dir).manifest()["iterations"]) == 8 >= len(before["iterations"])
+
+
+# -- through the command line: one-line messages and exit codes --------------------------------
+
+
+@pytest.mark.slow
+def test_cli_names_the_damaged_file_repairs_and_resumes(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    truncate(run_dir / "iter-0007" / "selected.parquet")
+    fast = {"SYNTHLOOP_FAULT_NO_FSYNC": "1"}
+    failed = cli("resume", run_dir, env=fast, check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.count("\n") == 1 and "iter-0007/selected.parquet" in failed.stderr
+    assert "synthloop repair" in failed.stderr
+    repaired = cli("repair", run_dir, env=fast)
+    assert "rolled back iterations 7" in repaired.stdout
+    cli("resume", run_dir, env=fast)
+    assert cli("check", run_dir).returncode == 0
+    assert snapshot(run_dir) == finished[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["commit:35"])
+def test_failing_disk_mid_commit_exits_non_zero_and_keeps_the_committed_state(fault: str, tmp_path: Path,
+                                                                             finished: tuple[Path, dict[str, object]]) -> None:
+    fast = {"SYNTHLOOP_FAULT_NO_FSYNC": "1"}  # what fails here is an injected error, not a power cut
+    failed = cli("run", CRASH_CONFIG, "--runs-dir", tmp_path, env={**fast, "SYNTHLOOP_FAULT_OSERROR": fault},
+                 check=False)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr  # progress lines, then one line that says what failed
+    assert failed.stderr.splitlines()[-1].startswith("synthloop: injected I/O error at ")
+    run_dir = tmp_path / "crash"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert not manifest.get("finished")
+    assert cli("check", run_dir).returncode == 0  # the last committed state is intact
+    cli("resume", run_dir, env=fast)
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_an_edited_manifest_that_is_still_json_is_caught(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["iterations"][3]["summary"]["n_selected"] += 1
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(IntegrityError, match=r"manifest\.json is corrupted"):
+        resume_run(run_dir)
+    assert repair(RunStore(run_dir)).used_backup
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_a_kill_between_the_manifest_and_the_ledger_rename_is_finished_on_resume(
+    finished: tuple[Path, dict[str, object]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synthloop.store import LEDGER_PENDING
+
+    run_dir = tmp_path / "run"
+    real = RunStore._roll_forward_ledger
+
+    def stop_before_rename(self: RunStore) -> None:
+        if (self.root / LEDGER_PENDING).exists():
+            raise OSError(errno.EIO, "stopped before the ledger rename")
+        real(self)
+
+    monkeypatch.setattr(RunStore, "_roll_forward_ledger", stop_before_rename)
+    with pytest.raises(OSError, match="ledger rename"):
+        run_config(load_config(CRASH_CONFIG), run_dir=run_dir)
+    monkeypatch.setattr(RunStore, "_roll_forward_ledger", real)
+    assert (run_dir / LEDGER_PENDING).exists()
+    assert len(RunStore(run_dir).manifest()["iterations"]) == 1  # iteration 0 is committed
+    resume_run(run_dir)
+    assert not (run_dir / LEDGER_PENDING).exists()
+    assert snapshot(run_dir) == finished[1]
+    assert check_run(RunStore(run_dir)) == []
