@@ -17,7 +17,7 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.full: $(VENV)/.core
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,diffusion,hf,trl]"
+	$(PY) -m pip install -q -e ".[dev,diffusion,hf,trl,tensorboard,mlflow]"
 	touch $@
 
 demo: $(VENV)/.core
