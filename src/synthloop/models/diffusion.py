@@ -3,9 +3,13 @@
 Spend Wisely (Yang et al., 2025), section 5.1. A clean image x is observed as
 y = sqrt(abar_t) x + sqrt(1 - abar_t) eps at diffusion timestep t = s - 1 (``DDPMScheduler.add_noise``),
 so "noise level s" means the last s of the 1000 forward steps. Denoising runs the s reverse steps
-t = s-1, ..., 0 with ``DDPMScheduler.step``: exactly s UNet forward passes per image. With the
-standard linear betas this gives a noisy-input PSNR of 33.2 dB at s = 10 and 28.4 dB at s = 20, the
-paper's figures.
+t = s-1, ..., 0: exactly s UNet forward passes per image. With the standard linear betas this is the
+paper's noise (33.2 dB noisy-input PSNR at s = 10 and 28.4 dB at s = 20, before clipping to [-1, 1]).
+The reverse steps are ancestral DDPM steps (``DDPMScheduler.step``, the paper's) or, with
+``sampler="ddim"``, deterministic DDIM steps (``DDIMScheduler.step``, eta = 0) on the same timesteps.
+A DDPM step returns a posterior *sample*, about 3 dB below the posterior mean for a perfect model;
+for a small model on 8x8 digits that sample is no better than the noisy input, so the CPU
+experiment denoises with DDIM (``docs/diffusion.md``).
 
 The learner fine-tunes on kept denoised images with the standard epsilon-prediction loss at
 timesteps drawn from the last s steps, Adam, and an EMA of the weights; the EMA copy is what the
@@ -398,8 +402,8 @@ def load_checkpoint(path_or_id: str, *, device: str = "cpu") -> tuple[UNet, Sche
     try:
         unet = UNet2DModel.from_pretrained(path_or_id, subfolder=subfolder)
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"model.path {path_or_id}: cannot load a diffusers UNet2DModel ({first})") from None
+        raise ValueError(f"model.path {path_or_id}: cannot load a diffusers UNet2DModel "
+                         f"({_first_line(error)})") from None
     try:
         scheduler = DDPMScheduler.from_pretrained(path_or_id, subfolder="scheduler" if subfolder else None)
     except (OSError, ValueError):
@@ -433,8 +437,14 @@ def planning_flops(settings: DigitsSettings) -> float:
     try:
         config = UNet2DModel.load_config(settings.model.path, subfolder=_subfolder(settings.model.path))
     except (OSError, ValueError) as error:
-        raise ValueError(f"model.path {settings.model.path}: cannot read a UNet config ({error})") from None
+        raise ValueError(f"model.path {settings.model.path}: cannot read a UNet config "
+                         f"({_first_line(error)})") from None
     return forward_flops(UNet2DModel.from_config(config))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _subfolder(path_or_id: str) -> str | None:

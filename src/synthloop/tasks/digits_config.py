@@ -129,7 +129,11 @@ class DigitsFamily:
         from synthloop.models.diffusion import planning_flops
 
         s = float(settings.task.noise_step)
-        return {"samples": 1.0, "forward_passes": s, "flops": s * planning_flops(settings)}
+        try:
+            flops = planning_flops(settings)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return {"samples": 1.0, "forward_passes": s, "flops": s * flops}
 
     def schedule_defaults(self, settings: DigitsSettings) -> dict[str, float]:
         return {}
