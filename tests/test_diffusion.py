@@ -21,6 +21,7 @@ from diffusers import UNet2DModel  # noqa: E402
 from synthloop.configs import ConfigError, RunConfig, parse_config  # noqa: E402
 from synthloop.experiments import build_components, run_config  # noqa: E402
 from synthloop.loop import Components  # noqa: E402
+from synthloop.models import diffusion  # noqa: E402
 from synthloop.models.diffusion import (  # noqa: E402
     DenoisingGenerator,
     NoisePredictionLearner,
@@ -207,16 +208,28 @@ def test_bad_checkpoint_path_is_one_clear_error(tmp_path: Path) -> None:
 # -- pretrain cache, learner state -------------------------------------------------------------
 
 
-def test_pretrain_is_cached_by_config(parts: Components, cache: Path) -> None:
-    entries = sorted((cache / "ddpm").iterdir())
-    assert len([e for e in entries if (e / "unet" / "config.json").is_file()]) >= 1
-    unet, _ = load_checkpoint(str(entries[0]))
-    again = build_components(tiny_config(cache))  # a cache hit: same weights, no retraining
-    for a, b in zip(unet.parameters(), again.learner.model.unet.parameters(), strict=True):
-        assert torch.equal(a, b) or entries[0] != entries[-1]
-    other = tiny_config(cache, model={"steps": 3})
-    build_components(other)
-    assert len(list((cache / "ddpm").iterdir())) == len(entries) + 1
+def test_pretrain_is_cached_by_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = build_components(tiny_config(tmp_path, model={"steps": 3}))
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("pretrained again despite a cached model")
+
+    monkeypatch.setattr(diffusion, "pretrain", refuse)
+    again = build_components(tiny_config(tmp_path, model={"steps": 3}))
+    pairs = zip(first.learner.model.unet.parameters(), again.learner.model.unet.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert len(list((tmp_path / "ddpm").iterdir())) == 1
+    with pytest.raises(AssertionError, match="pretrained again"):  # another config, another entry
+        build_components(tiny_config(tmp_path, model={"steps": 4}))
+
+
+def test_pretrain_cache_defaults_to_the_environment_folder(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHLOOP_CACHE", str(tmp_path / "env-cache"))
+    build_components(tiny_config(tmp_path, model={"steps": 2, "cache_dir": None}))
+    entries = [p.name for p in (tmp_path / "env-cache" / "ddpm").iterdir()]
+    assert len(entries) == 1 and len(entries[0]) == 16
+    assert not (tmp_path / "ddpm").exists()
 
 
 def test_partial_batches_wait_in_the_checkpoint(parts: Components, batch: tuple[Prompts, Candidates],
