@@ -29,9 +29,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--schedules", default=None, help="comma-separated subset of compare.schedules")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=None, help="override budget.total")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
+    if args.budget is not None:
+        config = config.model_copy(update={"budget": config.budget.model_copy(update={"total": args.budget})})
     assert config.compare is not None, "the config needs a compare section"
     names = args.schedules.split(",") if args.schedules else list(config.compare.schedules)
     seeds = args.seeds or config.compare.seeds
