@@ -56,12 +56,12 @@ def plot(runs: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]], pat
         for name, runs_of in trajectories.items():
             curves = np.stack([step_values(t["costs"], t["metrics"], grid, start) for t in runs_of])
             mean = curves.mean(axis=0)
-            line = ax.plot(grid / 1e6, mean, label=name, lw=1.6)[0]
+            line = ax.plot(grid / 1e3, mean, label=name, lw=1.6)[0]
             half = 1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
-            ax.fill_between(grid / 1e6, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(grid / 1e3, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
         ax.axhline(start, color="grey", ls=":", lw=1, label="pretrained")
         ax.set_title(f"8x8 digits, noise level s = {summary['noise_step']}")
-        ax.set_xlabel(f"cumulative compute (million UNet forward passes, {summary['seeds']} seeds)")
+        ax.set_xlabel(f"cumulative compute (thousand UNet forward passes, {summary['seeds']} seeds)")
         ax.set_ylabel("held-out PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)

@@ -1,7 +1,7 @@
 """Throughput of the diffusion plug-ins against a bare diffusers loop doing the same work.
 
-Denoising: ``DenoisingGenerator.generate`` vs add_noise + s x (UNet, ``DDPMScheduler.step``) on the
-same images in the same batches. Training: ``NoisePredictionLearner.update`` vs a plain loop of
+Denoising: ``DenoisingGenerator.generate`` vs add_noise + s x (UNet, ``DDPMScheduler.step``, or
+``DDIMScheduler.step`` for the DDIM sampler) on the same images in the same batches. Training: ``NoisePredictionLearner.update`` vs a plain loop of
 Adam steps on B images with diffusers' ``EMAModel``. Both sides alternate over several rounds in one
 process; the ratio uses the median of each (the machine is shared, absolute times are noise).
 
@@ -19,24 +19,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from diffusers.training_utils import EMAModel
 
 from synthloop.configs import load_config
 from synthloop.experiments import build_components
-from synthloop.models.diffusion import DenoisingModel, NoisePredictionLearner, add_noise
+from synthloop.models.diffusion import DenoisingGenerator, DenoisingModel, NoisePredictionLearner, add_noise
 from synthloop.records import Candidates
 
 
-def bare_denoise(model: DenoisingModel, clean: np.ndarray, *, noise_step: int, batch: int, seed: int) -> None:
+def bare_denoise(model: DenoisingModel, clean: np.ndarray, *, noise_step: int, batch: int, seed: int,
+                 sampler: str) -> None:
     generator = torch.Generator().manual_seed(seed)
     noise_rng = np.random.default_rng(seed)
+    if sampler == "ddim":
+        ddim = DDIMScheduler.from_config(model.scheduler.config)
+        ddim.set_timesteps(model.scheduler.config.num_train_timesteps)
     with torch.inference_mode():
         for start in range(0, len(clean), batch):
             x0 = torch.from_numpy(clean[start:start + batch])
             eps = torch.from_numpy(noise_rng.standard_normal(x0.shape, dtype=np.float32))
             x = add_noise(model.scheduler, x0, eps, noise_step)
             for t in range(noise_step - 1, -1, -1):
-                x = model.scheduler.step(model.unet(x, t).sample, t, x, generator=generator).prev_sample
+                if sampler == "ddim":
+                    x = ddim.step(model.unet(x, t).sample, t, x, eta=0.0).prev_sample
+                else:
+                    x = model.scheduler.step(model.unet(x, t).sample, t, x, generator=generator).prev_sample
 
 
 def bare_train(learner: NoisePredictionLearner, images: np.ndarray, *, seed: int) -> None:
@@ -72,14 +80,15 @@ def main() -> None:
     config = load_config(args.config)
     parts = build_components(config)
     learner, generator = parts.learner, parts.generator
-    assert isinstance(learner, NoisePredictionLearner)
+    assert isinstance(learner, NoisePredictionLearner) and isinstance(generator, DenoisingGenerator)
     prompts = parts.task.sample_prompts(args.images, rng=np.random.default_rng(0))
     model = learner.model
     ours_gen, bare_gen, ours_train, bare_train_s = [], [], [], []
     for k in range(args.rounds):
         ours_gen.append(timed(lambda k=k: generator.generate(model, prompts, rng=np.random.default_rng(k))))
         bare_gen.append(timed(lambda k=k: bare_denoise(model, prompts.items["clean"], noise_step=generator.noise_step,
-                                                       batch=generator.batch_size, seed=k)))
+                                                       batch=generator.batch_size, seed=k,
+                                                       sampler=generator.sampler)))
         fresh = build_components(config).learner
         assert isinstance(fresh, NoisePredictionLearner)
         selected = Candidates(samples={"image": prompts.items["clean"]}, prompt_index=prompts.index, usage={})
@@ -88,7 +97,8 @@ def main() -> None:
     n = args.images
     rows = [("denoised images/s", n / statistics.median(ours_gen), n / statistics.median(bare_gen)),
             ("trained images/s", n / statistics.median(ours_train), n / statistics.median(bare_train_s))]
-    print(f"{n} images, noise step {generator.noise_step}, B = {learner.batch_size}, {args.rounds} rounds, "
+    print(f"{n} images, noise step {generator.noise_step}, sampler {generator.sampler}, "
+          f"B = {learner.batch_size}, {args.rounds} rounds, "
           f"{torch.get_num_threads()} thread(s)")
     print("| measure | synthloop | bare diffusers | ratio |\n|---|---|---|---|")
     for name, ours, bare in rows:
