@@ -32,6 +32,7 @@ from synthloop.select import (
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
     "gaussian": "synthloop.tasks.gaussian_config",
+    "digits-denoise": "synthloop.tasks.digits_config",
 }
 
 QUANTITIES = ("samples", "tokens", "forward_passes", "flops", "seconds")

@@ -1,0 +1,487 @@
+"""Denoising with a diffusers DDPM: the generator, the noise-prediction learner and pretraining.
+
+Spend Wisely (Yang et al., 2025), section 5.1. A clean image x is observed as
+y = sqrt(abar_t) x + sqrt(1 - abar_t) eps at diffusion timestep t = s - 1 (``DDPMScheduler.add_noise``),
+so "noise level s" means the last s of the 1000 forward steps. Denoising runs the s reverse steps
+t = s-1, ..., 0: exactly s UNet forward passes per image. With the standard linear betas this is the
+paper's noise (33.2 dB noisy-input PSNR at s = 10 and 28.4 dB at s = 20, before clipping to [-1, 1]).
+The reverse steps are ancestral DDPM steps (``DDPMScheduler.step``, the paper's) or, with
+``sampler="ddim"``, deterministic DDIM steps (``DDIMScheduler.step``, eta = 0) on the same timesteps.
+A DDPM step returns a posterior *sample*, about 3 dB below the posterior mean for a perfect model;
+for a small model on 8x8 digits that sample is no better than the noisy input, so the CPU
+experiment denoises with DDIM (``docs/diffusion.md``).
+
+The learner fine-tunes on kept denoised images with the standard epsilon-prediction loss at
+timesteps drawn from the last s steps, Adam, and an EMA of the weights; the EMA copy is what the
+generator samples from and what evaluation measures. One optimizer step per full batch of B kept
+images: images that do not fill a batch wait in the learner's state (and its checkpoint) for the
+next iteration.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from diffusers import DDPMScheduler as _DDPMScheduler
+from diffusers import UNet2DModel as _UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from synthloop.records import Candidates, Prompts, Usage, ones_usage
+from synthloop.tasks.digits import DigitsData, DigitsDenoiseTask, load_images
+from synthloop.tasks.digits_config import DigitsSettings, DigitsTaskConfig, PretrainModelConfig
+
+if TYPE_CHECKING:
+    from synthloop.configs import RunConfig
+    from synthloop.loop import Components
+
+# diffusers' lazy module hides the torch.nn.Module base of its classes from type checkers.
+UNet2DModel: Any = _UNet2DModel
+DDPMScheduler: Any = _DDPMScheduler
+UNet = Any  # a diffusers UNet2DModel
+Scheduler = Any  # a diffusers DDPMScheduler
+
+#: forward + backward of one trained image, in forward-pass FLOPs (backward ~ 2 forwards).
+TRAIN_FLOPS_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class DenoisingModel:
+    """A frozen sampling snapshot: the UNet (eval mode, no gradients) and its noise schedule."""
+
+    unet: UNet
+    scheduler: Scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """A small ``UNet2DModel`` for pretraining from scratch (one down/up block per width)."""
+
+    sample_size: int = 8
+    channels: int = 1
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+
+    def build(self) -> UNet:
+        depth = len(self.block_out_channels)
+        return UNet2DModel(
+            sample_size=self.sample_size,
+            in_channels=self.channels,
+            out_channels=self.channels,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            down_block_types=("DownBlock2D",) * depth,
+            up_block_types=("UpBlock2D",) * depth,
+            norm_num_groups=self.norm_num_groups,
+        )
+
+
+def forward_flops(unet: UNet) -> float:
+    """FLOPs of one UNet forward pass on one image, counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    x = torch.zeros(1, unet.config.in_channels, size, size, device=unet.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, torch.zeros(1, dtype=torch.long, device=unet.device))
+    return float(counter.get_total_flops())
+
+
+def torch_generator(rng: np.random.Generator, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from ``rng``, so torch draws follow the numpy seed tree."""
+    return torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**62)))
+
+
+def add_noise(scheduler: Scheduler, clean: torch.Tensor, eps: torch.Tensor, noise_step: int) -> torch.Tensor:
+    """The observation y at noise level s: the forward process at timestep s - 1."""
+    t = torch.full((clean.shape[0],), noise_step - 1, dtype=torch.long, device=clean.device)
+    return scheduler.add_noise(clean, eps, t)
+
+
+def reverse(model: DenoisingModel, noisy: torch.Tensor, *, noise_step: int, generator: torch.Generator,
+            sampler: str = "ddpm") -> torch.Tensor:
+    """Run the last ``noise_step`` reverse steps from ``noisy``: noise_step UNet calls.
+
+    ``ddpm``: ancestral DDPM steps (``DDPMScheduler.step``, fresh noise each step but the last): a
+    sample of the model's posterior, as in the paper. ``ddim``: the deterministic DDIM update
+    (``DDIMScheduler.step``, eta = 0) on the same timesteps: the model's posterior-mean path.
+    """
+    scheduler = model.scheduler if sampler == "ddpm" else _ddim_for(model.scheduler)
+    x = noisy
+    with torch.inference_mode():
+        for t in range(noise_step - 1, -1, -1):
+            eps = model.unet(x, t).sample
+            if sampler == "ddpm":
+                x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            else:
+                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    return x
+
+
+_DDIM: dict[int, Any] = {}
+
+
+def _ddim_for(ddpm: Scheduler) -> Scheduler:
+    """A DDIM scheduler with the DDPM's betas and unit steps (t -> t - 1), made once per schedule."""
+    from diffusers import DDIMScheduler
+
+    key = id(ddpm)
+    if key not in _DDIM:
+        ddim: Any = DDIMScheduler.from_config(ddpm.config)
+        ddim.set_timesteps(ddpm.config.num_train_timesteps)
+        _DDIM[key] = ddim
+    return _DDIM[key]
+
+
+def psnr(images: npt.NDArray[np.floating], clean: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak range 2): 10 log10(4 / MSE)."""
+    diff = np.clip(images, -1.0, 1.0).astype(np.float64) - clean.astype(np.float64)
+    mse = np.mean(np.square(diff).reshape(len(diff), -1), axis=1)
+    with np.errstate(divide="ignore"):
+        return np.asarray(10.0 * np.log10(4.0 / mse), dtype=np.float64)
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class DenoisingGenerator:
+    """Denoises noisy observations of the prompts' clean images with the model it is given.
+
+    Prompts carry the clean image in ``items["clean"]`` ([n, C, H, W] float32 in [-1, 1]). The
+    observation noise and the reverse-step noise are drawn from ``rng``. Usage per image:
+    ``forward_passes`` = s and ``flops`` = s x the FLOPs of one forward pass.
+    """
+
+    def __init__(self, *, noise_step: int, flops_per_forward: float, batch_size: int = 256,
+                 sampler: str = "ddpm") -> None:
+        if noise_step < 1:
+            raise ValueError(f"noise_step must be >= 1, got {noise_step}")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"generator.sampler: allowed: ddpm, ddim (got {sampler!r})")
+        self.sampler = sampler
+        self.noise_step = noise_step
+        self.flops_per_forward = flops_per_forward
+        self.batch_size = batch_size
+
+    def max_usage_per_draw(self) -> dict[str, float]:
+        return {"samples": 1.0, "forward_passes": float(self.noise_step),
+                "flops": self.noise_step * self.flops_per_forward}
+
+    def denoise(self, model: DenoisingModel, clean: npt.NDArray[np.float32], eps: npt.NDArray[np.float32],
+                *, generator: torch.Generator) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(denoised, noisy) images for clean images and their observation noise, in batches."""
+        out = np.empty_like(clean)
+        noisy = np.empty_like(clean)
+        for rows in _batches(len(clean), self.batch_size):
+            x0 = torch.from_numpy(clean[rows]).to(model.device)
+            y = add_noise(model.scheduler, x0, torch.from_numpy(eps[rows]).to(model.device), self.noise_step)
+            noisy[rows] = y.cpu().numpy()
+            out[rows] = reverse(model, y, noise_step=self.noise_step, generator=generator,
+                                sampler=self.sampler).cpu().numpy()
+        return out, noisy
+
+    def generate(self, model: DenoisingModel, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        clean = np.ascontiguousarray(prompts.items["clean"], dtype=np.float32)
+        eps = rng.standard_normal(clean.shape, dtype=np.float32)
+        images, _ = self.denoise(model, clean, eps, generator=torch_generator(rng, model.device))
+        n = len(prompts)
+        usage = ones_usage(n, samples=1, forward_passes=self.noise_step,
+                           flops=self.noise_step * self.flops_per_forward)
+        return Candidates(samples={"image": images}, prompt_index=prompts.index, usage=usage)
+
+
+@dataclass
+class _EMA:
+    """Exponential moving average of the weights, shadow <- d shadow + (1 - d) live, per optimizer step.
+
+    No warm-up: the shadow starts from the pretrained weights, not from a random initialisation.
+    """
+
+    decay: float
+    updates: int = 0
+
+    def step(self, shadow: torch.nn.Module, live: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for s, p in zip(shadow.parameters(), live.parameters(), strict=True):
+                s.lerp_(p, 1.0 - self.decay)
+        self.updates += 1
+
+
+class NoisePredictionLearner:
+    """Fine-tunes the UNet on kept images: eps-prediction MSE at t ~ U{0..s-1}, Adam, EMA.
+
+    ``update`` appends the kept images to the images left over from earlier iterations and takes
+    floor(len / B) optimizer steps of exactly B images each, in order; the rest waits. ``model`` is
+    a frozen copy of the EMA weights, made once per update (the generator never sees weights move
+    within an iteration). Training usage per image: 1 forward pass (the paper's count; its backward
+    is not counted separately) and 3 x the forward FLOPs (forward + backward).
+    """
+
+    def __init__(self, unet: UNet, scheduler: Scheduler, *, noise_step: int, batch_size: int,
+                 lr: float, ema_decay: float, flops_per_forward: float) -> None:
+        self.noise_step = noise_step
+        self.batch_size = batch_size
+        self.lr = lr
+        self.flops_per_forward = flops_per_forward
+        self.scheduler = scheduler
+        self.unet_ = unet.train()
+        self.ema_unet_ = copy.deepcopy(unet).eval().requires_grad_(False)
+        self.ema_ = _EMA(decay=ema_decay)
+        self.optimizer_ = torch.optim.Adam(self.unet_.parameters(), lr=lr)
+        shape = (0, unet.config.in_channels, *_spatial(unet))
+        self.leftover_ = np.zeros(shape, dtype=np.float32)
+        self._snapshot: DenoisingModel | None = None
+
+    @property
+    def model(self) -> DenoisingModel:
+        if self._snapshot is None:
+            frozen = copy.deepcopy(self.ema_unet_).eval().requires_grad_(False)
+            self._snapshot = DenoisingModel(unet=frozen, scheduler=self.scheduler)
+        return self._snapshot
+
+    def training_usage(self, candidates: Candidates) -> Usage:
+        return ones_usage(len(candidates), samples=1, forward_passes=1,
+                          flops=TRAIN_FLOPS_FACTOR * self.flops_per_forward)
+
+    def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
+        images = np.ascontiguousarray(selected.samples["image"], dtype=np.float32) if len(selected) else None
+        pool = self.leftover_ if images is None else np.concatenate([self.leftover_, images])
+        steps = len(pool) // self.batch_size
+        losses = [self._step(pool[k * self.batch_size:(k + 1) * self.batch_size], rng) for k in range(steps)]
+        self.leftover_ = pool[steps * self.batch_size:].copy()
+        self._snapshot = None
+        return {"optimizer_steps": float(steps), "loss": float(np.mean(losses)) if losses else 0.0,
+                "leftover": float(len(self.leftover_))}
+
+    def _step(self, batch: npt.NDArray[np.float32], rng: np.random.Generator) -> float:
+        device = self.unet_.device
+        x0 = torch.from_numpy(batch).to(device)
+        eps = torch.from_numpy(rng.standard_normal(batch.shape, dtype=np.float32)).to(device)
+        t = torch.from_numpy(rng.integers(0, self.noise_step, len(batch))).to(device)
+        noisy = self.scheduler.add_noise(x0, eps, t)
+        loss = torch.nn.functional.mse_loss(self.unet_(noisy, t).sample, eps)
+        self.optimizer_.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer_.step()
+        self.ema_.step(self.ema_unet_, self.unet_)
+        return float(loss.detach())
+
+    def save(self, directory: Path) -> None:
+        save_file(_flat_state(self.unet_), str(directory / "unet.safetensors"))
+        save_file(_flat_state(self.ema_unet_), str(directory / "ema_unet.safetensors"))
+        save_file({"leftover": torch.from_numpy(self.leftover_)}, str(directory / "leftover.safetensors"))
+        torch.save(self.optimizer_.state_dict(), directory / "optimizer.pt")
+        (directory / "learner.json").write_text(json.dumps({"ema_updates": self.ema_.updates}))
+
+    def load(self, directory: Path) -> None:
+        try:
+            self.unet_.load_state_dict(load_file(str(directory / "unet.safetensors"), device=str(self.unet_.device)))
+            self.ema_unet_.load_state_dict(load_file(str(directory / "ema_unet.safetensors"),
+                                                     device=str(self.unet_.device)))
+            self.leftover_ = load_file(str(directory / "leftover.safetensors"))["leftover"].numpy().copy()
+            self.optimizer_.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+            self.ema_.updates = int(json.loads((directory / "learner.json").read_text())["ema_updates"])
+        except (OSError, KeyError, RuntimeError, ValueError) as error:
+            raise ValueError(f"learner checkpoint {directory} is unreadable: {error}") from None
+        self._snapshot = None
+
+
+def _flat_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+
+def _spatial(unet: UNet) -> tuple[int, int]:
+    size = unet.config.sample_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# -- the starting model: a diffusers checkpoint, or a small DDPM pretrained here and cached ---------
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """DDPM training (eps-prediction MSE, Adam) for ``steps`` steps, t ~ U{0..max_timestep-1}.
+
+    ``max_timestep`` = 1000 is standard DDPM training. Denoising at noise level s only ever uses
+    t < s, so a CPU run may spend its few pretraining steps on the low-noise end (for example
+    ``max_timestep`` = 100): a model that denoises, but a few dB below what fine-tuning reaches,
+    as the paper's starting model was.
+    """
+
+    unet: UNetSpec = field(default_factory=UNetSpec)
+    steps: int = 400
+    max_timestep: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SYNTHLOOP_CACHE", Path.home() / ".cache" / "synthloop"))
+
+
+def pretrain_key(spec: PretrainSpec, images: npt.NDArray[np.float32]) -> str:
+    """Hash of the pretrain config and the training images: the cache entry's name."""
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+    digest.update(f"diffusers-unet2d/{torch.__version__.split('+')[0]}".encode())
+    return digest.hexdigest()[:16]
+
+
+def pretrain(spec: PretrainSpec, images: npt.NDArray[np.float32], *,
+             device: str = "cpu") -> tuple[UNet, Scheduler]:
+    """Train a small DDPM on ``images`` ([n, C, H, W] in [-1, 1]) from a fixed seed."""
+    torch.manual_seed(spec.seed)  # weight init: diffusers draws it from torch's global generator
+    unet = spec.unet.build().to(device).train()
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=spec.lr)
+    rng = np.random.default_rng(spec.seed)
+    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
+    for _ in range(spec.steps):
+        rows = torch.from_numpy(rng.integers(0, len(data), spec.batch_size)).to(device)
+        x0 = data[rows]
+        eps = torch.from_numpy(rng.standard_normal(tuple(x0.shape), dtype=np.float32)).to(device)
+        t = torch.from_numpy(rng.integers(0, spec.max_timestep, len(x0))).to(device)
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, eps, t), t).sample, eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return unet.eval(), scheduler
+
+
+def load_or_pretrain(spec: PretrainSpec, images: npt.NDArray[np.float32], *, cache_dir: Path | None = None,
+                     device: str = "cpu") -> tuple[UNet, Scheduler, Path]:
+    """The pretrained model for ``spec`` from the cache, training and caching it on a miss."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entry = root / "ddpm" / pretrain_key(spec, images)
+    if not (entry / "unet" / "config.json").is_file():
+        unet, scheduler = pretrain(spec, images, device=device)
+        staging = entry.with_name(entry.name + f".tmp-{os.getpid()}")
+        unet.save_pretrained(staging / "unet")
+        scheduler.save_pretrained(staging / "scheduler")
+        (staging / "pretrain.json").write_text(json.dumps(asdict(spec), indent=1))
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.rename(entry)
+        except OSError:  # another process cached the same entry first: use theirs
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    unet, scheduler = load_checkpoint(str(entry), device=device)
+    return unet, scheduler, entry
+
+
+def load_checkpoint(path_or_id: str, *, device: str = "cpu") -> tuple[UNet, Scheduler]:
+    """A diffusers DDPM from a local folder or a hub id: the UNet and its scheduler.
+
+    Accepts a pipeline layout (``unet/`` and ``scheduler/`` subfolders) or a flat one (the UNet's
+    ``config.json`` at the top, as in ``google/ddpm-cifar10-32``); without a scheduler config the
+    standard 1000-step linear schedule is used.
+    """
+    local = Path(path_or_id)
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"model.path {path_or_id}: expected a diffusers model folder, got a file")
+    subfolder = _subfolder(path_or_id)
+    try:
+        unet = UNet2DModel.from_pretrained(path_or_id, subfolder=subfolder)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model.path {path_or_id}: cannot load a diffusers UNet2DModel "
+                         f"({_first_line(error)})") from None
+    try:
+        scheduler = DDPMScheduler.from_pretrained(path_or_id, subfolder="scheduler" if subfolder else None)
+    except (OSError, ValueError):
+        scheduler = DDPMScheduler(num_train_timesteps=1000)
+    return unet.to(device).eval(), scheduler
+
+
+def _geometry(settings: DigitsSettings, unet_config: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(image_size, channels): as configured, else the checkpoint's, else the images' own."""
+    task = settings.task
+    native = 8 if task.source == "digits" else 28
+    size = task.image_size or (int(np.atleast_1d(unet_config["sample_size"])[0]) if unet_config else native)
+    channels = task.channels or (int(unet_config["in_channels"]) if unet_config else 1)
+    return size, channels
+
+
+def _pretrain_spec(settings: DigitsSettings) -> PretrainSpec:
+    model = settings.model
+    assert isinstance(model, PretrainModelConfig)
+    size, channels = _geometry(settings, None)
+    unet = UNetSpec(sample_size=size, channels=channels, block_out_channels=tuple(model.block_out_channels),
+                    layers_per_block=model.layers_per_block, norm_num_groups=model.norm_num_groups)
+    return PretrainSpec(unet=unet, steps=model.steps, max_timestep=model.max_timestep, batch_size=model.batch_size,
+                        lr=model.lr, seed=model.seed)
+
+
+def planning_flops(settings: DigitsSettings) -> float:
+    """FLOPs of one forward pass of the configured UNet (built from its config, no weights loaded)."""
+    if isinstance(settings.model, PretrainModelConfig):
+        return forward_flops(_pretrain_spec(settings).unet.build())
+    try:
+        config = UNet2DModel.load_config(settings.model.path, subfolder=_subfolder(settings.model.path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model.path {settings.model.path}: cannot read a UNet config "
+                         f"({_first_line(error)})") from None
+    return forward_flops(UNet2DModel.from_config(config))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _subfolder(path_or_id: str) -> str | None:
+    local = Path(path_or_id)
+    return "unet" if local.is_dir() and (local / "unet" / "config.json").is_file() else None
+
+
+def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
+    """Data, starting model (cached pretrain or checkpoint), generator, task, selector, learner."""
+    from synthloop.configs import make_selector
+    from synthloop.loop import Components
+
+    task_config, model_config = settings.task, settings.model
+    if isinstance(model_config, PretrainModelConfig):
+        spec = _pretrain_spec(settings)
+        size, channels = spec.unet.sample_size, spec.unet.channels
+        data = _data(task_config, size, channels)
+        unet, scheduler, _ = load_or_pretrain(spec, data.train, cache_dir=model_config.cache_dir,
+                                              device=model_config.device)
+    else:
+        unet, scheduler = load_checkpoint(model_config.path, device=model_config.device)
+        size, channels = _geometry(settings, unet.config)
+        if (size, channels) != (_spatial(unet)[0], unet.config.in_channels):
+            raise ValueError(f"task: images are {channels}x{size}x{size} but the UNet at {model_config.path} "
+                             f"takes {unet.config.in_channels}x{_spatial(unet)[0]}x{_spatial(unet)[0]}")
+        data = _data(task_config, size, channels)
+    flops = forward_flops(unet)
+    generator = DenoisingGenerator(noise_step=task_config.noise_step, flops_per_forward=flops,
+                                   batch_size=settings.generator.batch_size, sampler=settings.generator.sampler)
+    task = DigitsDenoiseTask(data, denoiser=generator, psnr_range=task_config.psnr_range,
+                             n_eval=task_config.n_eval, eval_seed=task_config.eval_seed, label=task_config.source)
+    learner = NoisePredictionLearner(unet, scheduler, noise_step=task_config.noise_step,
+                                     batch_size=settings.learner.batch_size, lr=settings.learner.lr,
+                                     ema_decay=settings.learner.ema_decay, flops_per_forward=flops)
+    return Components(task=task, generator=generator, selector=make_selector(config.selector), learner=learner)
+
+
+def _data(task: DigitsTaskConfig, size: int, channels: int) -> DigitsData:
+    images = load_images(task.source, path=task.path, image_size=size, channels=channels, limit=task.limit)
+    return DigitsData.split(images, n_heldout=task.n_heldout, seed=task.split_seed)
