@@ -227,7 +227,11 @@ class Family(Protocol):
         ...
 
     def usage_per_draw(self, settings: Any) -> Mapping[str, float]:
-        """Expected usage of one draw (and of training on one kept draw), for planning."""
+        """Expected usage of generating one draw, for planning (the ledger charges measured usage)."""
+        ...
+
+    def usage_per_example(self, settings: Any) -> Mapping[str, float]:
+        """Expected usage of training on one kept example, for planning."""
         ...
 
     def build(self, config: RunConfig, settings: Any) -> Any:
@@ -343,10 +347,10 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     family = family_for(config)
     settings = family.validate(config)
     costs = config.budget.cost_model()
-    usage = family.usage_per_draw(settings)
     unit_costs = UnitCosts(
-        per_draw=costs.per_unit("generate", usage) + costs.per_unit("verify", {"samples": 1.0}),
-        per_selected=costs.per_unit("train", usage),
+        per_draw=costs.per_unit("generate", family.usage_per_draw(settings))
+        + costs.per_unit("verify", {"samples": 1.0}),
+        per_selected=costs.per_unit("train", family.usage_per_example(settings)),
     )
     acceptance = (
         1.0 / config.loop.oversample if config.loop.mode == "select" else config.budget.expected_acceptance

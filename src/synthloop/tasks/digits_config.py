@@ -106,6 +106,9 @@ class DigitsSettings:
     learner: LearnerConfig
 
 
+_FORWARD_FLOPS: dict[str, float] = {}
+
+
 class DigitsFamily:
     def validate(self, config: RunConfig) -> DigitsSettings:
         task = validate_section(config.task, DigitsTaskConfig, "task")
@@ -124,16 +127,25 @@ class DigitsFamily:
         return DigitsSettings(task=task, model=model, generator=generator, learner=learner)
 
     def usage_per_draw(self, settings: DigitsSettings) -> Mapping[str, float]:
-        # Planning prices training with this same dict; the loop re-fits with measured costs after
-        # the first iteration. FLOPs need the UNet's shape, hence the (lazy) torch import.
+        """s UNet forward passes per denoised image (FLOPs need the UNet's shape: lazy torch import)."""
+        s = float(settings.task.noise_step)
+        return {"samples": 1.0, "forward_passes": s, "flops": s * self._forward_flops(settings)}
+
+    def usage_per_example(self, settings: DigitsSettings) -> Mapping[str, float]:
+        """One forward pass per trained image (the paper's count); forward + backward is 3x its FLOPs."""
+        return {"samples": 1.0, "forward_passes": 1.0, "flops": 3.0 * self._forward_flops(settings)}
+
+    @staticmethod
+    def _forward_flops(settings: DigitsSettings) -> float:
         from synthloop.models.diffusion import planning_flops
 
-        s = float(settings.task.noise_step)
-        try:
-            flops = planning_flops(settings)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        return {"samples": 1.0, "forward_passes": s, "flops": s * flops}
+        key = settings.model.model_dump_json() + settings.task.model_dump_json()
+        if key not in _FORWARD_FLOPS:  # one counted forward per model, not one per question asked
+            try:
+                _FORWARD_FLOPS[key] = float(planning_flops(settings))
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        return _FORWARD_FLOPS[key]
 
     def schedule_defaults(self, settings: DigitsSettings) -> dict[str, float]:
         return {}

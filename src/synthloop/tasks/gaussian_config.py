@@ -55,6 +55,9 @@ class GaussianFamily:
     def usage_per_draw(self, settings: GaussianSettings) -> Mapping[str, float]:
         return {"samples": 1.0}
 
+    def usage_per_example(self, settings: GaussianSettings) -> Mapping[str, float]:
+        return {"samples": 1.0}
+
     def schedule_defaults(self, settings: GaussianSettings) -> dict[str, float]:
         return {"sigma": settings.task.sigma, "kappa": settings.task.kappa}
 
