@@ -32,9 +32,10 @@ from synthloop.select import (
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
     "gaussian": "synthloop.tasks.gaussian_config",
+    "math": "synthloop.tasks.math_config",
 }
 
-QUANTITIES = ("samples", "tokens", "forward_passes", "flops", "seconds")
+QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
 
 
 class ConfigError(ValueError):
