@@ -199,15 +199,19 @@ def test_learner_conformance_and_checkpoint_restores_next_step_loss(tokenizer: o
 @pytest.mark.parametrize("lora", [None, LoraSettings(rank=8, alpha=16, target_modules=("c_attn", "c_fc"))])
 def test_full_and_lora_fine_tuning_both_lower_the_loss(tokenizer: object, lora: LoraSettings | None) -> None:
     candidates, prompts = answered(small_task(), n=8)
-    learner = SFTLearner(base=tiny(tokenizer), lr=3e-3 if lora is None else 2e-2, batch_size=4, lora=lora)
+    learner = SFTLearner(base=tiny(tokenizer), lr=3e-3 if lora is None else 5e-2, batch_size=4, lora=lora)
     trainable = sum(p.numel() for p in learner.model.network.parameters() if p.requires_grad)
     total = sum(p.numel() for p in learner.model.network.parameters())
     assert (trainable == total) == (lora is None)
     before = learner.loss(candidates)
+    frozen = {k: v.clone() for k, v in learner.model.network.named_parameters() if not v.requires_grad}
     for k in range(15):
         metrics = learner.update(candidates, prompts, rng=np.random.default_rng(k))
     assert metrics["optimizer_steps"] == 2 and metrics["trained_tokens"] > 0
-    assert learner.loss(candidates) < 0.7 * before
+    # A random 32-wide model with rank-8 adapters and a frozen output layer has little room to move.
+    assert learner.loss(candidates) < (0.7 if lora is None else 0.95) * before
+    after = dict(learner.model.network.named_parameters())
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
 
 
 def test_prompt_tokens_are_masked_and_usage_counts_trained_tokens(tokenizer: object) -> None:
@@ -244,22 +248,24 @@ def test_rationalization_retries_failures_with_the_hint(tokenizer: object) -> No
 
 
 def config(tmp: Path, **overrides: object) -> dict[str, object]:
+    """A from-scratch GPT-2 pretrained just long enough to answer about 1 in 8 problems."""
     data: dict[str, object] = {
         "name": "tiny-math",
         "seed": 0,
         "task": {"kind": "math", "levels": [{"name": "add1", "dataset": "chain_sum",
                                              "params": EASY.params}],
-                 "train_size": 200, "eval_size": 24, "shots": 0},
+                 "train_size": 200, "eval_size": 50, "shots": 0},
         "model": {"kind": "scratch", "n_layer": 2, "n_embd": 48, "n_head": 4, "n_positions": 128,
-                  "vocab_size": 400, "seed_problems": 500, "pretrain_steps": 200, "pretrain_batch_size": 32,
-                  "pretrain_lr": 1e-2},
-        "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 1.0, "batch_size": 64, "eval_batch_size": 64},
-        "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 32, "epochs": 2},
+                  "vocab_size": 400, "seed_problems": 500, "pretrain_steps": 300, "pretrain_batch_size": 32,
+                  "pretrain_lr": 1e-2, "pretrain_bf16": False},
+        "generator": {"kind": "hf", "max_new_tokens": 20, "temperature": 0.7, "batch_size": 64,
+                      "eval_batch_size": 64, "bf16": False},
+        "learner": {"kind": "sft", "lr": 1e-3, "batch_size": 16, "epochs": 1, "bf16": False},
         "selector": {"kind": "passed"},
-        "schedule": {"kind": "constant", "n0": 96},
-        "budget": {"total": 60_000, "unit": "tokens",
+        "schedule": {"kind": "constant", "n0": 128},
+        "budget": {"total": 400_000, "unit": "tokens",
                    "costs": {"generate": {"tokens": 1.0}, "train": {"tokens": 1.0}}},
-        "loop": {"max_iterations": 4},
+        "loop": {"max_iterations": 5, "store_candidates": "selected"},
     }
     data.update(overrides)
     return data
@@ -277,6 +283,8 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
 def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                  ) -> None:
     monkeypatch.setenv("SYNTHLOOP_CACHE", str(tmp_path / "cache"))
+    import pyarrow.parquet as pq
+
     from synthloop.experiments import run_config
     from synthloop.store import RunStore
 
@@ -285,8 +293,15 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     manifest = RunStore(tmp_path / "run").manifest()
     initial = manifest["initial"]["metrics"]["accuracy"]
     final = history[-1]["eval"]["accuracy"]
-    assert len(history) == 4
-    assert history[-1]["cumulative_cost"] <= 60_000
-    assert all(m["n_selected"] > 0 for m in history)
-    assert final >= initial + 0.15, (initial, [m["eval"]["accuracy"] for m in history])
-    assert (tmp_path / "run" / "iter-0003" / "checkpoint" / "trainable.safetensors").is_file()
+    curve = [initial] + [m["eval"]["accuracy"] for m in history]
+    assert len(history) == 5 and all(m["n_selected"] == 128 for m in history)
+    assert history[-1]["cumulative_cost"] <= 400_000
+    # STaR / Spend Wisely on an easy task: held-out greedy accuracy and the acceptance rate both rise.
+    assert final >= initial + 0.08, curve
+    assert history[-1]["acceptance_rate"] > 2 * history[0]["acceptance_rate"]
+    ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
+    generated = sum(r["cost"] for r in ledger if r["stage"] == "generate")
+    trained = sum(r["cost"] for r in ledger if r["stage"] == "train")
+    assert generated > 0 and trained > 0  # both priced in tokens
+    assert trained == pytest.approx(sum(m["train"]["trained_tokens"] for m in history))
+    assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()

@@ -208,7 +208,7 @@ def _select_all(t: int, it: _Iteration, parts: Components, ledger: Ledger, *, se
     scores = Scores.concat([s for *_, s in it.pending])
     chosen = parts.selector.select(scores, n_wanted=it.target, rng=rng_for(seed, 0, t, SELECT, 0))
     offsets = np.cumsum([0] + [len(c) for _, c, _, _ in it.pending])
-    for (part, candidates, prompts, part_scores), lo, hi in zip(it.pending, offsets[:-1], offsets[1:]):
+    for (part, candidates, prompts, part_scores), lo, hi in zip(it.pending, offsets[:-1], offsets[1:], strict=False):
         local = chosen[(chosen >= lo) & (chosen < hi)] - lo
         _admit(it, part, local, candidates, prompts, part_scores, parts, ledger)
 

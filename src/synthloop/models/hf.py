@@ -331,6 +331,7 @@ class SFTLearner:
     append_eos: bool = True
     chat: bool = False  # the prompt is a user turn in the chat template (as in HFGenerator)
     max_grad_norm: float = 1.0
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first optimizer steps (after each reset)
     model_: HFModel = field(init=False)
     optimizer_: torch.optim.Optimizer = field(init=False)
     steps_: int = field(init=False, default=0)
@@ -410,7 +411,7 @@ class SFTLearner:
                 losses.append(loss)
                 tokens += n_tokens
                 steps += 1
-        self.steps_ += steps
+                self.steps_ += 1
         return {"loss": float(np.mean(losses)), "optimizer_steps": float(steps), "trained_tokens": float(tokens)}
 
     def _groups(self, examples: Sequence[tuple[list[int], int]], rng: np.random.Generator) -> Iterator[list[int]]:
@@ -437,6 +438,10 @@ class SFTLearner:
             (loss_sum / max(n_target, 1)).backward()
             total_loss += float(loss_sum.detach())
             forwarded += int(mask.sum())
+        for group in self.optimizer_.param_groups:
+            # Adam's first steps move every weight by about lr whatever the gradient's size: a warm-up
+            # keeps them from knocking a converged model off its minimum.
+            group["lr"] = self.lr * min(1.0, (self.steps_ + 1) / (self.warmup_steps + 1))
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad],
                                            self.max_grad_norm)

@@ -277,7 +277,7 @@ class MathTask:
             raise ValueError(f"style must be 'few_shot' or 'chat', got {style!r}")
         self.style = style
         self.levels = tuple(levels)
-        self.evaluator = evaluator
+        self.evaluator: Generator = evaluator
         self.train_size = train_size
         self.eval_size = eval_size
         self.shots = shots

@@ -11,10 +11,19 @@ from synthloop.models.hf import (
     HFModel,
     LoraSettings,
     SFTLearner,
+    encode_prompt,
     export_smollm2,
     load_pretrained,
 )
-from synthloop.tasks.math import Level, MathTask, MathVerifier, Rationalizing, load_problems, question_prompt
+from synthloop.tasks.math import (
+    Level,
+    MathTask,
+    MathVerifier,
+    Rationalizing,
+    load_problems,
+    prompts_for,
+    question_prompt,
+)
 from synthloop.tasks.math_config import (
     MathSettings,
     PretrainedConfig,
@@ -48,30 +57,41 @@ def scratch_for(spec: ScratchModelConfig, levels: list[Level], *, data_seed: int
     architecture = TinyGPT2Config(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head,
                                   n_positions=spec.n_positions, vocab_size=spec.vocab_size, seed=spec.seed)
     training = PretrainConfig(steps=spec.pretrain_steps, batch_size=spec.pretrain_batch_size,
-                              lr=spec.pretrain_lr, seed=spec.seed)
+                              lr=spec.pretrain_lr, bf16=spec.pretrain_bf16, seed=spec.seed)
     return scratch_model(seed_texts, tokenizer_texts=seed_texts, vocab_size=spec.vocab_size,
                          architecture=architecture, training=training)
+
+
+def longest_prompt(task: MathTask, model: HFModel, *, chat: bool, hints: bool) -> int:
+    """Tokens of the longest training prompt (hint prompts included when rationalizing)."""
+    pool = task.pools_.train
+    prompts = prompts_for(pool, range(len(pool)), task.pools_.shots, style=task.style)
+    texts = list(prompts.items["prompt"]) + (list(prompts.items["hint_prompt"]) if hints else [])
+    return max(len(encode_prompt(model.tokenizer, text, chat=chat)) for text in texts)
 
 
 def build_components(config: RunConfig, settings: MathSettings, *, model: HFModel | None = None) -> Any:
     g, t = settings.generator, settings.task
     model = model or build_model(settings)
     chat = t.style == "chat"
+    verifier = MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker)
+    task = MathTask(levels_of(settings), evaluator=HFGenerator(), train_size=t.train_size,
+                    eval_size=t.eval_size, shots=t.shots, data_seed=t.data_seed, verifier=verifier, style=t.style)
+    # The loop sizes generation chunks by the worst case of one draw, so the bound must be tight:
+    # the longest prompt this task can produce (capped by the configured limit).
+    max_prompt = min(g.max_prompt_tokens, longest_prompt(task, model, chat=chat, hints=t.rationalize))
     sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                           stop_strings=tuple(g.stop_strings), batch_size=g.batch_size,
-                          max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
-    greedy = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
-                         stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
-                         max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
-    verifier = MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker)
-    task = MathTask(levels_of(settings), evaluator=greedy, train_size=t.train_size, eval_size=t.eval_size,
-                    shots=t.shots, data_seed=t.data_seed, verifier=verifier, style=t.style)
+                          max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat)
+    task.evaluator = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
+                                 stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
+                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
     lr = settings.learner
     lora = None if lr.lora is None else LoraSettings(
         rank=lr.lora.rank, alpha=lr.lora.alpha, dropout=lr.lora.dropout,
         target_modules=tuple(lr.lora.target_modules) if lr.lora.target_modules else None)
     learner = SFTLearner(base=model, lr=lr.lr, weight_decay=lr.weight_decay, batch_size=lr.batch_size,
                          grad_accum=lr.grad_accum, epochs=lr.epochs, max_length=lr.max_length, bf16=lr.bf16,
-                         reset=lr.reset, lora=lora, chat=chat)
+                         reset=lr.reset, lora=lora, chat=chat, warmup_steps=lr.warmup_steps)
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
     return Components(task=task, generator=generator, selector=make_selector(config.selector), learner=learner)

@@ -54,6 +54,7 @@ class ScratchModelConfig(Strict):
     pretrain_steps: Annotated[int, Field(ge=0)] = 300
     pretrain_batch_size: Positive = 32
     pretrain_lr: Annotated[float, Field(gt=0)] = 3e-3
+    pretrain_bf16: bool = True  # bf16 autocast pays off from about 64-wide layers; tiny ones run faster in fp32
     seed: Annotated[int, Field(ge=0)] = 0
 
 
@@ -104,6 +105,7 @@ class LearnerConfig(Strict):
     grad_accum: Positive = 1
     epochs: Positive = 1
     max_length: Positive = 512
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
     bf16: bool = True
     reset: Literal["continue", "restart"] = "continue"  # Spend Wisely continues; STaR restarts
     lora: LoraConfig | None = None
