@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,16 @@ from synthloop.testing import (  # noqa: E402
 EASY = Level("add1", "chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
 HARDER = Level("add3", "chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1})
 STOP = ("\nQuestion:",)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models are all small matmuls: one thread beats two (OpenMP threads spin and, on a busy
+    machine, wait on each other at every operation)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +316,17 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     assert generated > 0 and trained > 0  # both priced in tokens
     assert trained == pytest.approx(sum(m["train"]["trained_tokens"] for m in history))
     assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()
+
+
+def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: object) -> None:
+    candidates, _ = answered(small_task(), n=6)
+    learner = SFTLearner(base=tiny(tokenizer))
+    examples = [learner.encode(p, c) for p, c in zip(candidates.samples["question_prompt"],
+                                                      candidates.samples["completion"], strict=True)]
+    ids, labels, mask = learner._collate(examples)
+    with torch.no_grad():
+        logits = learner.model.network(input_ids=ids, attention_mask=mask).logits
+        full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+        trimmed = learner._loss_sum(learner.model.network, ids, labels, mask, min(k for _, k in examples))
+    assert float(trimmed) == pytest.approx(float(full), rel=1e-5)

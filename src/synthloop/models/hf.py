@@ -429,12 +429,10 @@ class SFTLearner:
         by_length = sorted(batch, key=lambda e: len(e[0]))
         total_loss, forwarded = 0.0, 0
         for start in range(0, len(by_length), self.batch_size):
-            ids, labels, mask = self._collate(by_length[start:start + self.batch_size])
+            micro = by_length[start:start + self.batch_size]
+            ids, labels, mask = self._collate(micro)
             with autocast(self.bf16):
-                logits = network(input_ids=ids, attention_mask=mask).logits
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                ignore_index=-100, reduction="sum")
+                loss_sum = self._loss_sum(network, ids, labels, mask, min(k for _, k in micro))
             (loss_sum / max(n_target, 1)).backward()
             total_loss += float(loss_sum.detach())
             forwarded += int(mask.sum())
@@ -448,6 +446,19 @@ class SFTLearner:
         self.optimizer_.step()
         self.optimizer_.zero_grad(set_to_none=True)
         return total_loss / max(n_target, 1), forwarded
+
+    @staticmethod
+    def _loss_sum(network: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                  shortest_prompt: int) -> torch.Tensor:
+        """Summed completion-token loss. Logits are computed only from the first position that
+        predicts a completion token on: the output layer and its softmax over a large vocabulary
+        cost as much as several transformer layers, and prompt positions are masked anyway."""
+        width = ids.shape[1]
+        keep = max(2, width - max(shortest_prompt, 1) + 1)
+        logits = network(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, width - keep + 1:].reshape(-1),
+            ignore_index=-100, reduction="sum")
 
     def _collate(self, batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Right padding for training: positions then start at 0 for every row without position_ids.
@@ -470,11 +481,9 @@ class SFTLearner:
         total, count = 0.0, 0
         with torch.no_grad(), autocast(self.bf16):
             for start in range(0, len(examples), self.batch_size):
-                ids, labels, mask = self._collate(examples[start:start + self.batch_size])
-                logits = network(input_ids=ids, attention_mask=mask).logits
-                total += float(torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                    ignore_index=-100, reduction="sum"))
+                micro = examples[start:start + self.batch_size]
+                ids, labels, mask = self._collate(micro)
+                total += float(self._loss_sum(network, ids, labels, mask, min(k for _, k in micro)))
                 count += int((labels[:, 1:] != -100).sum())
         return total / max(count, 1)
 
