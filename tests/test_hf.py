@@ -330,3 +330,22 @@ def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: objec
                                                  labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
         trimmed = learner._loss_sum(learner.model.network, ids, labels, mask, min(k for _, k in examples))
     assert float(trimmed) == pytest.approx(float(full), rel=1e-5)
+
+
+def test_cli_plans_the_example_configs_and_rejects_a_bad_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    for name in ("math-smollm2.yaml", "math-schedules.yaml"):
+        out = subprocess.run([sys.executable, "-m", "synthloop.cli", "plan", str(root / "examples" / name)],
+                             capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        assert "6 iterations" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((root / "examples" / "math-schedules.yaml").read_text().replace("chain_sum", "chainsum", 1))
+    out = subprocess.run([sys.executable, "-m", "synthloop.cli", "plan", str(bad)],
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "task.levels.0.dataset" in out.stderr
