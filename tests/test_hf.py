@@ -34,6 +34,7 @@ from synthloop.tasks.math import (  # noqa: E402
     worked_solution,
 )
 from synthloop.testing import (  # noqa: E402
+    check_evaluation,
     check_generator,
     check_learner,
     check_task,
@@ -349,3 +350,14 @@ def test_cli_plans_the_example_configs_and_rejects_a_bad_one(tmp_path: Path) -> 
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "task.levels.0.dataset" in out.stderr
+
+
+def test_tiny_model_kind_builds_an_untrained_gpt2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHLOOP_CACHE", str(tmp_path))
+    from synthloop.experiments import build_components
+
+    cfg = parse_config(config(tmp_path, model={"kind": "tiny", "n_layer": 1, "n_embd": 16, "n_head": 2,
+                                               "seed_problems": 50}))
+    components = build_components(cfg)
+    assert components.learner.model.network.config.n_layer == 1
+    assert check_evaluation(components.task, components.learner.model)["accuracy"] < 0.1

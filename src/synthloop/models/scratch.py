@@ -112,7 +112,7 @@ def pretrain(model: HFModel, texts: Sequence[str], config: PretrainConfig) -> di
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     network.eval()
-    return {"loss": float(np.mean(losses[-20:]))}
+    return {"loss": float(np.mean(losses[-20:])) if losses else float("nan")}
 
 
 def scratch_model(texts: Sequence[str], *, tokenizer_texts: Sequence[str], vocab_size: int,
