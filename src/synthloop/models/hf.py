@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from synthloop.records import Candidates, Prompts, Usage
@@ -514,10 +513,3 @@ class SFTLearner:
         state = json.loads((directory / "learner.json").read_text())
         self.steps_ = int(state["steps"])
 
-
-def trainable_count(model: HFModel) -> int:
-    return sum(p.numel() for p in model.network.parameters() if p.requires_grad)
-
-
-def as_index(values: Sequence[int]) -> npt.NDArray[np.int64]:
-    return np.asarray(values, dtype=np.int64)
