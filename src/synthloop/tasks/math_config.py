@@ -1,0 +1,181 @@
+"""Config of the math word-problem family (``task.kind: math``); imports no ML framework.
+
+    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
+    model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
+               | {kind: tiny, ...} | {kind: scratch, pretrain_steps, ...}
+    generator: {kind: hf, max_new_tokens, temperature, top_p, batch_size, bf16, ...}
+    learner:   {kind: sft, lr, batch_size, grad_accum, epochs, reset: continue|restart, lora: {...}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from synthloop.configs import ConfigError, RunConfig, Strict, format_validation_error, validate_section
+
+Positive = Annotated[int, Field(ge=1)]
+DATASETS = ("gsm_symbolic", "chain_sum", "basic_arithmetic")
+
+
+class LevelConfig(Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    dataset: Literal["gsm_symbolic", "chain_sum", "basic_arithmetic"]
+    params: dict[str, Any] = Field(default_factory=dict)  # reasoning-gym generator options
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class MathTaskConfig(Strict):
+    kind: Literal["math"]
+    levels: Annotated[list[LevelConfig], Field(min_length=1)]
+    train_size: Positive = 1000  # training pool per level
+    eval_size: Positive = 100  # held-out problems per level (greedy decoding)
+    shots: Annotated[int, Field(ge=0, le=16)] = 3
+    style: Literal["few_shot", "chat"] = "few_shot"  # chat: bare questions in the model's chat template
+    data_seed: Annotated[int, Field(ge=0)] = 0  # fixes pools and held-out sets across runs and schedules
+    rationalize: bool = False  # STaR: retry failed prompts with the answer as a hint
+    answer_timeout: Annotated[float, Field(gt=0)] = 5.0
+    require_marker: bool = False  # only "#### <answer>" counts as a final answer
+
+
+class ScratchModelConfig(Strict):
+    """A tiny GPT-2 trained from scratch on labelled seed problems of the task's levels."""
+
+    kind: Literal["scratch"]
+    n_layer: Positive = 2
+    n_embd: Positive = 64
+    n_head: Positive = 4
+    n_positions: Positive = 256
+    vocab_size: Annotated[int, Field(ge=64)] = 256
+    seed_problems: Positive = 2000  # labelled problems per level (disjoint from the training pool)
+    pretrain_steps: Annotated[int, Field(ge=0)] = 300
+    pretrain_batch_size: Positive = 32
+    pretrain_lr: Annotated[float, Field(gt=0)] = 3e-3
+    pretrain_bf16: bool = True  # bf16 autocast pays off from about 64-wide layers; tiny ones run faster in fp32
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class TinyModelConfig(ScratchModelConfig):
+    """Like ``scratch`` with no pretraining by default: random weights, for tests."""
+
+    kind: Literal["tiny"]  # type: ignore[assignment]
+    pretrain_steps: Annotated[int, Field(ge=0)] = 0
+
+
+class SmolLM2Config(Strict):
+    kind: Literal["smollm2"]
+
+
+class PretrainedConfig(Strict):
+    kind: Literal["pretrained"]
+    source: Annotated[str, Field(min_length=1)]  # hub id or local directory
+
+
+ModelConfig = Annotated[ScratchModelConfig | TinyModelConfig | SmolLM2Config | PretrainedConfig,
+                        Field(discriminator="kind")]
+
+
+class GeneratorConfig(Strict):
+    kind: Literal["hf"] = "hf"
+    max_new_tokens: Positive = 64
+    temperature: Annotated[float, Field(ge=0)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    batch_size: Positive = 16
+    eval_batch_size: Positive = 32
+    max_prompt_tokens: Positive = 1024
+    bf16: bool = True
+    stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
+
+
+class LoraConfig(Strict):
+    rank: Positive = 8
+    alpha: Annotated[int, Field(gt=0)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] | None = None
+
+
+class LearnerConfig(Strict):
+    kind: Literal["sft"] = "sft"
+    lr: Annotated[float, Field(gt=0)] = 1e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: Positive = 8
+    grad_accum: Positive = 1
+    epochs: Positive = 1
+    max_length: Positive = 512
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    bf16: bool = True
+    reset: Literal["continue", "restart"] = "continue"  # Spend Wisely continues; STaR restarts
+    lora: LoraConfig | None = None
+
+
+@dataclass(frozen=True)
+class MathSettings:
+    task: MathTaskConfig
+    model: Any  # one of the ModelConfig classes
+    generator: GeneratorConfig
+    learner: LearnerConfig
+
+
+class MathFamily:
+    def validate(self, config: RunConfig) -> MathSettings:
+        task = validate_section(config.task, MathTaskConfig, "task")
+        if config.model is None:
+            raise ConfigError("model: the math task needs a model section (kind: smollm2, pretrained, "
+                              "tiny or scratch)")
+        model = _model(config)
+        generator = validate_section(config.generator, GeneratorConfig, "generator")
+        learner = validate_section(config.learner, LearnerConfig, "learner")
+        names = [level.name for level in task.levels]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task.levels: level names must be unique, got {names}")
+        if isinstance(model, ScratchModelConfig) and model.n_embd % model.n_head:
+            raise ConfigError("model.n_embd: must be a multiple of model.n_head")
+        return MathSettings(task=task, model=model, generator=generator, learner=learner)
+
+    def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
+        """Rough expected tokens of one draw, for planning only (the ledger charges measured tokens):
+        about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
+        from synthloop.tasks.math import Level, build_pools, few_shot_prompt
+
+        levels = [Level(lv.name, lv.dataset, lv.params) for lv in settings.task.levels]
+        pools = build_pools(levels, train_size=4, eval_size=1, n_shots=settings.task.shots,
+                            data_seed=settings.task.data_seed)
+        if settings.task.style == "chat":  # the question plus about 30 tokens of chat template
+            chars = 120 + sum(len(p.question) for p in pools.train) / len(pools.train)
+        else:
+            chars = sum(len(few_shot_prompt(p.question, pools.shots)) for p in pools.train) / len(pools.train)
+        completion = settings.generator.max_new_tokens / 4
+        prompt = chars / 4
+        return {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
+                "completion_tokens": completion}
+
+    def usage_per_example(self, settings: MathSettings) -> Mapping[str, float]:
+        """Training reads the same prompt and completion tokens that generating the example produced."""
+        return self.usage_per_draw(settings)
+
+    def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
+        return {}
+
+    def build(self, config: RunConfig, settings: MathSettings) -> Any:
+        from synthloop.tasks.math_build import build_components
+
+        return build_components(config, settings)
+
+
+def _model(config: RunConfig) -> Any:
+    """The model section, validated by the config class its ``kind`` names."""
+    assert config.model is not None
+    kinds = ("smollm2", "pretrained", "scratch", "tiny")
+    if config.model.kind not in kinds:
+        raise ConfigError(f"model.kind: unknown kind {config.model.kind!r}; allowed: {', '.join(kinds)}")
+    data = {"kind": config.model.kind, **config.model.params()}
+    try:
+        return TypeAdapter(ModelConfig).validate_python(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, prefix="model")) from None
+
+
+FAMILY = MathFamily()
