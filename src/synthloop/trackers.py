@@ -33,6 +33,16 @@ def iteration_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return scalars
 
 
+def tracked(event: str, payload: Mapping[str, Any]) -> tuple[int, dict[str, float]] | None:
+    """(step, scalars) a tracker logs for a loop event: the initial evaluation at step -1, then one
+    step per iteration; None for events trackers ignore."""
+    if event == "start":
+        return -1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()}
+    if event == "iteration":
+        return int(payload["iteration"]), iteration_scalars(payload)
+    return None
+
+
 class TensorBoardTracker:
     """Writes scalars to TensorBoard event files in ``logdir`` (``tensorboard --logdir`` reads them)."""
 
@@ -44,10 +54,9 @@ class TensorBoardTracker:
         self._writer = EventFileWriter(str(self.logdir))
 
     def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
-        if event == "start":
-            self._log(-1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()})
-        elif event == "iteration":
-            self._log(int(payload["iteration"]), iteration_scalars(payload))
+        logged = tracked(event, payload)
+        if logged is not None:
+            self._log(*logged)
 
     def _log(self, step: int, scalars: Mapping[str, float]) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -78,10 +87,9 @@ class MLflowTracker:
         self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
 
     def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
-        if event == "start":
-            self._log(-1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()})
-        elif event == "iteration":
-            self._log(int(payload["iteration"]), iteration_scalars(payload))
+        logged = tracked(event, payload)
+        if logged is not None:
+            self._log(*logged)
 
     def _log(self, step: int, scalars: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
