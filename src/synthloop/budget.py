@@ -138,12 +138,6 @@ class Ledger:
             self.rows.append(row)
             self._spent += row.cost
 
-    def spent_by_iteration(self) -> dict[int, float]:
-        out: dict[int, float] = {}
-        for row in self.rows:
-            out[row.iteration] = out.get(row.iteration, 0.0) + row.cost
-        return out
-
 
 @dataclass(frozen=True)
 class PlannedIteration:

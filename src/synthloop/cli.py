@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,7 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(width=None if sys.stdout.isatty() else 140)  # logs: no truncated columns
-T = TypeVar("T")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory (RUNS_DIR/NAME).", show_default=False)]
@@ -49,12 +48,6 @@ def clear_errors() -> Iterator[None]:
     except OSError as error:
         typer.echo(f"synthloop: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True)
         raise typer.Exit(1) from None
-
-
-def guarded(fn: Callable[[], T]) -> T:
-    with clear_errors():
-        return fn()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @app.command()

@@ -415,9 +415,6 @@ class RunStore:
     def config_text(self) -> str:
         return self.check(self.manifest()["files"][CONFIG]).read_text()
 
-    def committed_iterations(self) -> list[dict[str, Any]]:
-        return list(self.manifest()["iterations"])
-
     def file_entry(self, relative: str) -> dict[str, Any]:
         for entry in all_entries(self.manifest()):
             if entry["path"] == relative:
@@ -528,17 +525,6 @@ def ledger_table_rows(rows: list[LedgerRow]) -> pa.Table:
         + [(f"quantity.{q}", pa.float64()) for q in quantities]
     )
     return pa.table(columns, schema=schema)
-
-
-def ledger_rows_from_table(rows: list[dict[str, Any]]) -> list[LedgerRow]:
-    out = []
-    for row in rows:
-        quantities = {k.removeprefix("quantity."): v for k, v in row.items() if k.startswith("quantity.")}
-        out.append(
-            LedgerRow(row["iteration"], row["stage"], row["items"], row["cost"], row["seconds"],
-                      quantities, row["note"])
-        )
-    return out
 
 
 def _json_default(value: Any) -> Any:

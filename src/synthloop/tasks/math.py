@@ -32,7 +32,6 @@ from synthloop.records import Candidates, Prompts, Scores, Verdict
 
 T = TypeVar("T")
 MARKER = "####"
-STOP_STRINGS = ("\nQuestion:",)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
