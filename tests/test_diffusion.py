@@ -190,7 +190,7 @@ def test_mnist_source_pads_to_the_unet_size(tmp_path: Path, cache: Path) -> None
         ({"task": {"psnr_range": [40.0, 35.0]}}, "task.psnr_range: needs lo < hi"),
         ({"task": {"source": "mnist"}}, "mnist source needs a path"),
         ({"task": {"noise_steps": 10}}, "task.noise_steps: unknown key"),
-        ({"model": {"kind": "diffusion"}}, "model.kind: allowed"),
+        ({"model": {"kind": "diffusion"}}, "model.kind: unknown kind 'diffusion'; allowed: 'pretrain', 'pretrained'"),
         ({"model": {"block_out_channels": [10, 16]}}, "not a multiple of norm_num_groups"),
         ({"learner": {"batch_size": 0}}, "learner.batch_size"),
     ],

@@ -261,6 +261,16 @@ def validate_section(section: Section | None, model: type[BaseModel], where: str
         raise ConfigError(format_validation_error(error, prefix=where)) from None
 
 
+def validate_kind(section: Section | None, models: Mapping[str, type[BaseModel]], where: str) -> Any:
+    """Validate a section whose ``kind`` picks its model from ``models`` (kind -> pydantic model)."""
+    allowed = ", ".join(repr(kind) for kind in models)
+    if section is None:
+        raise ConfigError(f"{where}: required section is missing; kind: one of {allowed}")
+    if section.kind not in models:
+        raise ConfigError(f"{where}.kind: unknown kind {section.kind!r}; allowed: {allowed}")
+    return validate_section(section, models[section.kind], where)
+
+
 def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
     first = error.errors()[0]
     location = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthloop.configs import ConfigError, RunConfig, Strict, validate_section
+from synthloop.configs import ConfigError, RunConfig, Strict, validate_kind, validate_section
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -112,14 +112,9 @@ _FORWARD_FLOPS: dict[str, float] = {}
 class DigitsFamily:
     def validate(self, config: RunConfig) -> DigitsSettings:
         task = validate_section(config.task, DigitsTaskConfig, "task")
-        if config.model is None:
-            raise ConfigError("model: required; kind: pretrain (a small DDPM trained and cached) or "
-                              "pretrained (a diffusers checkpoint path or hub id)")
-        model_type: Any = {"pretrain": PretrainModelConfig, "pretrained": PretrainedModelConfig}.get(
-            config.model.kind)
-        if model_type is None:
-            raise ConfigError(f"model.kind: allowed: 'pretrain', 'pretrained' (got {config.model.kind!r})")
-        model = validate_section(config.model, model_type, "model")
+        # pretrain: a small DDPM trained here and cached; pretrained: a diffusers checkpoint path or hub id
+        model = validate_kind(config.model, {"pretrain": PretrainModelConfig,
+                                             "pretrained": PretrainedModelConfig}, "model")
         generator = validate_section(config.generator, GeneratorConfig, "generator")
         learner = validate_section(config.learner, LearnerConfig, "learner")
         if task.source == "mnist" and task.path is not None and not task.path.is_file():

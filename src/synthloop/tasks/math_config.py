@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field
 
-from synthloop.configs import ConfigError, RunConfig, Strict, format_validation_error, validate_section
+from synthloop.configs import ConfigError, RunConfig, Strict, validate_kind, validate_section
 
 Positive = Annotated[int, Field(ge=1)]
-DATASETS = ("gsm_symbolic", "chain_sum", "basic_arithmetic")
 
 
 class LevelConfig(Strict):
@@ -74,8 +73,11 @@ class PretrainedConfig(Strict):
     source: Annotated[str, Field(min_length=1)]  # hub id or local directory
 
 
-ModelConfig = Annotated[ScratchModelConfig | TinyModelConfig | SmolLM2Config | PretrainedConfig,
-                        Field(discriminator="kind")]
+ModelConfig = ScratchModelConfig | TinyModelConfig | SmolLM2Config | PretrainedConfig
+MODELS: dict[str, type[ModelConfig]] = {
+    "smollm2": SmolLM2Config, "pretrained": PretrainedConfig, "scratch": ScratchModelConfig,
+    "tiny": TinyModelConfig,
+}
 
 
 class GeneratorConfig(Strict):
@@ -114,7 +116,7 @@ class LearnerConfig(Strict):
 @dataclass(frozen=True)
 class MathSettings:
     task: MathTaskConfig
-    model: Any  # one of the ModelConfig classes
+    model: ModelConfig
     generator: GeneratorConfig
     learner: LearnerConfig
 
@@ -122,10 +124,7 @@ class MathSettings:
 class MathFamily:
     def validate(self, config: RunConfig) -> MathSettings:
         task = validate_section(config.task, MathTaskConfig, "task")
-        if config.model is None:
-            raise ConfigError("model: the math task needs a model section (kind: smollm2, pretrained, "
-                              "tiny or scratch)")
-        model = _model(config)
+        model = validate_kind(config.model, MODELS, "model")
         generator = validate_section(config.generator, GeneratorConfig, "generator")
         learner = validate_section(config.learner, LearnerConfig, "learner")
         names = [level.name for level in task.levels]
@@ -163,19 +162,6 @@ class MathFamily:
         from synthloop.tasks.math_build import build_components
 
         return build_components(config, settings)
-
-
-def _model(config: RunConfig) -> Any:
-    """The model section, validated by the config class its ``kind`` names."""
-    assert config.model is not None
-    kinds = ("smollm2", "pretrained", "scratch", "tiny")
-    if config.model.kind not in kinds:
-        raise ConfigError(f"model.kind: unknown kind {config.model.kind!r}; allowed: {', '.join(kinds)}")
-    data = {"kind": config.model.kind, **config.model.params()}
-    try:
-        return TypeAdapter(ModelConfig).validate_python(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, prefix="model")) from None
 
 
 FAMILY = MathFamily()
