@@ -30,7 +30,7 @@ from synthloop.models.diffusion import (  # noqa: E402
     psnr,
 )
 from synthloop.records import Candidates, Prompts, Verdict  # noqa: E402
-from synthloop.tasks.digits import PSNRVerifier, load_mnist  # noqa: E402
+from synthloop.tasks.digits import PSNRVerifier, load_mnist, natural_patches  # noqa: E402
 from synthloop.testing import (  # noqa: E402
     check_evaluation,
     check_generator,
@@ -193,6 +193,7 @@ def test_mnist_source_pads_to_the_unet_size(tmp_path: Path, cache: Path) -> None
         ({"model": {"kind": "diffusion"}}, "model.kind: unknown kind 'diffusion'; allowed: 'pretrain', 'pretrained'"),
         ({"model": {"block_out_channels": [10, 16]}}, "not a multiple of norm_num_groups"),
         ({"learner": {"batch_size": 0}}, "learner.batch_size"),
+        ({"model": {"data": "cifar"}}, "model.data"),
     ],
 )
 def test_bad_config_names_the_field(cache: Path, override: dict[str, Any], message: str) -> None:
@@ -221,6 +222,38 @@ def test_pretrain_is_cached_by_config(tmp_path: Path, monkeypatch: pytest.Monkey
     assert len(list((tmp_path / "ddpm").iterdir())) == 1
     with pytest.raises(AssertionError, match="pretrained again"):  # another config, another entry
         build_components(tiny_config(tmp_path, model={"steps": 4}))
+
+
+def test_natural_patches_are_seeded_full_range_and_not_digits() -> None:
+    patches = natural_patches(500, size=8, channels=3, downsample=4, seed=1)
+    assert patches.shape == (500, 3, 8, 8) and patches.dtype == np.float32
+    flat = patches[:, 0].reshape(500, -1)
+    assert np.allclose(flat.min(axis=1), -1.0) and np.allclose(flat.max(axis=1), 1.0)  # stretched
+    assert np.array_equal(patches[:, 0], patches[:, 2])  # gray repeated to every channel
+    assert np.array_equal(patches, natural_patches(500, size=8, channels=3, downsample=4, seed=1))
+    assert not np.array_equal(patches, natural_patches(500, size=8, channels=3, downsample=4, seed=2))
+    # photographs, not digits: mid-gray is common, where 8x8 digits are mostly background (-1)
+    assert np.mean(np.abs(flat) < 0.5) > 0.3
+
+
+def test_pretraining_on_natural_patches_is_its_own_cache_entry(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[np.ndarray] = []
+    real = diffusion.pretrain
+
+    def spy(spec: Any, images: np.ndarray, **kwargs: Any) -> Any:
+        seen.append(images)
+        return real(spec, images, **kwargs)
+
+    monkeypatch.setattr(diffusion, "pretrain", spy)
+    build_components(tiny_config(tmp_path, model={"steps": 2}))
+    build_components(tiny_config(tmp_path, model={"steps": 2, "data": "natural-patches", "patches": 256}))
+    assert len(seen) == 2 and len(list((tmp_path / "ddpm").iterdir())) == 2
+    assert len(seen[1]) == 256 and not np.isin(seen[1][:, 0, 0, 0], seen[0][:, 0, 0, 0]).all()
+    entry = next(p for p in (tmp_path / "ddpm").iterdir() if "natural-patches" in (p / "pretrain.json").read_text())
+    assert '"steps": 2' in (entry / "pretrain.json").read_text()
+    with pytest.raises(ConfigError, match="patch_downsample 80 leaves photographs too small"):
+        build_components(tiny_config(tmp_path, model={"data": "natural-patches", "patch_downsample": 80}))
 
 
 def test_pretrain_cache_defaults_to_the_environment_folder(tmp_path: Path,

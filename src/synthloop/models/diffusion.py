@@ -37,7 +37,7 @@ from diffusers import UNet2DModel as _UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from synthloop.records import Candidates, Prompts, Usage, ones_usage
-from synthloop.tasks.digits import DigitsData, DigitsDenoiseTask, load_images
+from synthloop.tasks.digits import DigitsData, DigitsDenoiseTask, Images, load_images, natural_patches
 from synthloop.tasks.digits_config import DigitsSettings, DigitsTaskConfig, PretrainModelConfig
 
 if TYPE_CHECKING:
@@ -326,6 +326,7 @@ class PretrainSpec:
     """
 
     unet: UNetSpec = field(default_factory=UNetSpec)
+    data: str = "task"  # provenance only: the images themselves are part of the cache key
     steps: int = 400
     max_timestep: int = 1000
     batch_size: int = 64
@@ -426,7 +427,7 @@ def _pretrain_spec(settings: DigitsSettings) -> PretrainSpec:
     size, channels = _geometry(settings, None)
     unet = UNetSpec(sample_size=size, channels=channels, block_out_channels=tuple(model.block_out_channels),
                     layers_per_block=model.layers_per_block, norm_num_groups=model.norm_num_groups)
-    return PretrainSpec(unet=unet, steps=model.steps, max_timestep=model.max_timestep, batch_size=model.batch_size,
+    return PretrainSpec(unet=unet, data=model.data, steps=model.steps, max_timestep=model.max_timestep, batch_size=model.batch_size,
                         lr=model.lr, seed=model.seed)
 
 
@@ -462,8 +463,8 @@ def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
         spec = _pretrain_spec(settings)
         size, channels = spec.unet.sample_size, spec.unet.channels
         data = _data(task_config, size, channels)
-        unet, scheduler, _ = load_or_pretrain(spec, data.train, cache_dir=model_config.cache_dir,
-                                              device=model_config.device)
+        unet, scheduler, _ = load_or_pretrain(spec, _pretrain_images(model_config, data, size, channels),
+                                              cache_dir=model_config.cache_dir, device=model_config.device)
     else:
         unet, scheduler = load_checkpoint(model_config.path, device=model_config.device)
         size, channels = _geometry(settings, unet.config)
@@ -480,6 +481,13 @@ def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
                                      batch_size=settings.learner.batch_size, lr=settings.learner.lr,
                                      ema_decay=settings.learner.ema_decay, flops_per_forward=flops)
     return Components(task=task, generator=generator, selector=make_selector(config.selector), learner=learner)
+
+
+def _pretrain_images(model: PretrainModelConfig, data: DigitsData, size: int, channels: int) -> Images:
+    if model.data == "natural-patches":
+        return natural_patches(model.patches, size=size, channels=channels, downsample=model.patch_downsample,
+                               seed=model.seed)
+    return data.train
 
 
 def _data(task: DigitsTaskConfig, size: int, channels: int) -> DigitsData:

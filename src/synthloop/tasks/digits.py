@@ -114,6 +114,40 @@ def load_images(source: str, *, path: Path | None, image_size: int | None, chann
     return to_model_space(raw, peak=peak, image_size=image_size or raw.shape[1], channels=channels)
 
 
+def natural_patches(n: int, *, size: int, channels: int, downsample: int = 4, seed: int = 0) -> Images:
+    """``n`` gray patches of natural photographs, in model space: a pretraining set that is not digits.
+
+    The two photographs bundled with scikit-learn (``load_sample_images``: a building and a flower,
+    427 x 640) are turned gray, shrunk by ``downsample`` (block means), and cut into random
+    ``size`` x ``size`` patches; each patch is stretched to the full [-1, 1] range, and flat patches
+    (under 10 gray levels of contrast) are skipped. A DDPM pretrained on them is a generic
+    natural-image denoiser that has never seen a digit: the position of the paper's CIFAR-10 model
+    facing MNIST.
+    """
+    from sklearn.datasets import load_sample_images
+
+    gray = []
+    for photo in load_sample_images().images:
+        image = np.asarray(photo, dtype=np.float32).mean(axis=-1)
+        h, w = image.shape[0] // downsample, image.shape[1] // downsample
+        gray.append(image[:h * downsample, :w * downsample].reshape(h, downsample, w, downsample).mean(axis=(1, 3)))
+    if min(min(g.shape) for g in gray) <= size:
+        raise ValueError(f"model.patch_downsample {downsample} leaves photographs too small for {size}x{size} patches")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, channels, size, size), dtype=np.float32)
+    filled = 0
+    while filled < n:
+        image = gray[int(rng.integers(len(gray)))]
+        top, left = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
+        patch = image[top:top + size, left:left + size]
+        low, high = float(patch.min()), float(patch.max())
+        if high - low < 10.0:
+            continue
+        out[filled] = (patch - low) * (2.0 / (high - low)) - 1.0
+        filled += 1
+    return out
+
+
 @dataclass(frozen=True)
 class PSNRVerifier:
     """Reward R = clip((PSNR - lo) / (hi - lo), 0, 1) of each denoised image against its clean image.

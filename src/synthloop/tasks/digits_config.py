@@ -4,8 +4,9 @@ Sections (every field has a default except where noted):
 
     task:      {kind: digits-denoise, source: digits | mnist, path, image_size, channels, n_heldout,
                 n_eval, noise_step, psnr_range: [lo, hi], split_seed, eval_seed}
-    model:     {kind: pretrain, block_out_channels, layers_per_block, norm_num_groups, steps,
-                max_timestep, batch_size, lr, seed, cache_dir, device}
+    model:     {kind: pretrain, data: task | natural-patches, patches, patch_downsample,
+                block_out_channels, layers_per_block, norm_num_groups, steps, max_timestep,
+                batch_size, lr, seed, cache_dir, device}
             or {kind: pretrained, path: <diffusers folder or hub id>, device}
     generator: {kind: denoise, batch_size, sampler: ddpm | ddim}
     learner:   {kind: noise_prediction, batch_size (B), lr, ema_decay}
@@ -59,6 +60,11 @@ class DigitsTaskConfig(Strict):
 
 class PretrainModelConfig(Strict):
     kind: Literal["pretrain"]
+    # what the DDPM is pretrained on: the task's training images, or patches of natural photographs
+    # (a generic denoiser that has never seen the task's images, like the paper's CIFAR-10 model)
+    data: Literal["task", "natural-patches"] = "task"
+    patches: PositiveInt = 30000  # natural-patches: how many
+    patch_downsample: PositiveInt = 4  # natural-patches: shrink the photographs by this factor first
     block_out_channels: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=4)] = (32, 64)
     layers_per_block: PositiveInt = 1
     norm_num_groups: PositiveInt = 8
