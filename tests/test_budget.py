@@ -136,7 +136,8 @@ selectors = st.sampled_from([
 def test_runs_never_exceed_budget(budget, c_generate, c_verify, c_train, growth, n0, chunk, selector,
                                   theta, seed):
     """Whatever the prices, selector and acceptance, a run's ledger stays within the total; every
-    iteration keeps at least one sample; only the last iteration may be cut."""
+    iteration keeps at least one sample; only the last iteration may stop short of its target, and
+    once the plan cuts an iteration to fit, every later one is cut too."""
     problem = GaussianProblem(theta0=(theta, 0.5))
     costs = CostModel(unit="samples", prices={"generate": {"samples": c_generate},
                                               "verify": {"samples": c_verify},
@@ -149,7 +150,24 @@ def test_runs_never_exceed_budget(budget, c_generate, c_verify, c_train, growth,
     spent = history[-1]["cumulative_cost"] if history else 0.0
     assert spent <= budget * (1 + 1e-12) + 1e-9
     assert all(m["n_selected"] >= 1 for m in history[:-1])
-    assert not any(m["cut"] for m in history[:-1])
+    assert not any(m["exhausted"] for m in history[:-1])
+    first_cut = next((k for k, m in enumerate(history) if m["cut"]), len(history))
+    assert all(m["cut"] for m in history[first_cut:])
     assert all(m["n_selected"] <= m["n_target"] for m in history)
     charged = sum(m["iteration_cost"] for m in history)
     assert charged == pytest.approx(spent)
+
+
+def test_a_cut_iteration_that_comes_in_under_plan_does_not_end_the_run():
+    """The plan cuts iteration 0 to what fits at an assumed acceptance of 0.1; every draw is in fact
+    kept, so the cut target costs a fraction of the budget. The run goes on and spends the rest."""
+    problem = GaussianProblem(theta0=(0.0, 0.5))
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 1.0}, "train": {"samples": 1.0}})
+    planner = Planner(make=lambda n: schedules.constant(n), budget=500.0, unit_costs=UnitCosts(1.0, 1.0),
+                      acceptance_rate=0.1, n0=1000)
+    assert planner.plan()[0].cut and planner.plan()[0].n_selected == 45
+    history = run(gaussian_components(problem, selector=Threshold(threshold=-math.inf)), planner, costs,
+                  LoopSettings(mode="accept", chunk_size=64), seed=0)
+    assert history[0]["cut"] and not history[0]["exhausted"] and history[0]["cumulative_cost"] < 250.0
+    assert len(history) > 1 and all(m["cut"] for m in history)
+    assert history[-1]["cumulative_cost"] >= 498.0  # not one more kept sample (2 units) fits

@@ -125,7 +125,13 @@ def run(
 
 
 def _last(metrics: Mapping[str, Any]) -> bool:
-    return bool(metrics["cut"] or metrics["n_selected"] == 0)
+    """The run ends after an iteration the budget stopped short (or that kept nothing).
+
+    An iteration the plan cut to fit what remained, but that reached its cut target for less than
+    planned (its acceptance rose), leaves budget: the run goes on. Runs written before the
+    ``exhausted`` field existed ended at any cut.
+    """
+    return bool(metrics.get("exhausted", metrics["cut"]) or metrics["n_selected"] == 0)
 
 
 def _measured(metrics: Mapping[str, Any], acceptance: float, unit_costs: UnitCosts) -> tuple[float, UnitCosts]:
@@ -158,7 +164,7 @@ def run_iteration(
     draw_bound = _draw_cost_bound(parts.generator, ledger.costs)
     wanted_draws = math.ceil(settings.oversample * n_target) if settings.mode == "select" else None
     max_draws = settings.max_draws_per_selected * n_target
-    cut = planned_cut
+    cut, refused = planned_cut, False
     while it.n_kept < n_target and it.generated < max_draws:
         # -- how many draws this part: what is still needed, what the budget affords -------------
         if wanted_draws is not None:
@@ -174,7 +180,7 @@ def run_iteration(
         affordable = math.floor(free / per_draw) if per_draw > 0 else settings.chunk_size
         size = min(need, settings.chunk_size, affordable)
         if size < 1:
-            cut = True
+            cut = refused = True
             break
         _generate_part(t, it, size, parts, ledger, seed=seed, model=model, journal=journal)
         acceptance = max(it.n_kept, 1) / it.generated if settings.mode == "accept" else acceptance
@@ -182,8 +188,9 @@ def run_iteration(
                       "generated": it.generated, "spent": ledger.spent, "total": ledger.total})
     if settings.mode == "select":
         _select_all(t, it, parts, ledger, seed=seed)
-    cut = cut or it.n_kept < n_target
-    return _finish(t, it, parts, ledger, settings, seed=seed, journal=journal, cut=cut, started=started)
+    exhausted = refused or it.n_kept < n_target
+    return _finish(t, it, parts, ledger, settings, seed=seed, journal=journal, cut=cut or exhausted,
+                   exhausted=exhausted, started=started)
 
 
 def _prompts(t: int, p: int, size: int, parts: Components, *, seed: int) -> Prompts:
@@ -269,7 +276,7 @@ def _select_all(t: int, it: _Iteration, parts: Components, ledger: Ledger, *, se
 
 def _finish(
     t: int, it: _Iteration, parts: Components, ledger: Ledger, settings: LoopSettings, *,
-    seed: int, journal: Journal, cut: bool, started: float,
+    seed: int, journal: Journal, cut: bool, exhausted: bool, started: float,
 ) -> dict[str, Any]:
     if it.kept:
         selected = Candidates.concat([c for *_, c, _, _ in it.kept])
@@ -286,6 +293,7 @@ def _finish(
         evaluation = parts.task.evaluate(parts.learner.model, rng=rng_for(seed, 0, t, EVALUATE))
         faults.point("evaluate", str(t))
     metrics = _metrics(t, it, ledger, cut=cut, started=started, train=train_metrics, evaluation=evaluation)
+    metrics["exhausted"] = exhausted
     journal.commit_iteration(t, [(p, ix, c, s) for p, ix, c, _, s in it.kept], parts.learner, ledger, metrics)
     return metrics
 
