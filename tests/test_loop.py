@@ -169,3 +169,39 @@ def test_selected_rows_are_the_accepted_draws(tmp_path):
         for row in selected.to_pylist():
             source = parts[row["part"]].slice(row["index"], 1).to_pylist()[0]
             assert source["sample.x"] == row["sample.x"] and source["reward"] == row["reward"]
+
+
+class _CoinVerifier:
+    """Every candidate gets reward 1/2: reward-proportional acceptance is exactly 1/2."""
+
+    def verify(self, candidates, prompts):
+        from synthloop.records import Scores
+
+        return Scores.from_rewards(np.full(len(candidates), 0.5))
+
+
+class _CoinTask(GaussianTask):
+    @property
+    def verifier(self):
+        return _CoinVerifier()
+
+
+def test_acceptance_estimate_is_not_biased_by_parts_that_overshoot_small_targets():
+    """n_t = 16 with a first guess of 0.1: each iteration's first part is sized for 16 kept at the
+    current estimate, and any acceptances past 16 are discarded. Counting kept / drawn would lock
+    the estimate at its first value (about 16 / 64 = 0.25) and spend twice the draws per kept
+    sample; counting accepted / drawn finds the true 1/2 and sizes later parts for it."""
+    problem = GaussianProblem(theta0=(0.0, 1.0))
+    parts = gaussian_components(problem)
+    parts = type(parts)(task=_CoinTask(problem), generator=parts.generator, selector=parts.selector,
+                        learner=parts.learner)
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 1.0}, "train": {"samples": 1.0}})
+    planner = Planner(make=lambda n: schedules.constant(n), budget=1e9, unit_costs=UnitCosts(1.0, 1.0),
+                      acceptance_rate=0.1, n0=16, max_iterations=40)
+    history = run(parts, planner, costs, LoopSettings(mode="accept", chunk_size=1024), seed=3)
+    later = history[5:]
+    assert all(m["n_selected"] == 16 for m in history)
+    assert all(m["n_accepted"] >= m["n_selected"] for m in history)
+    assert np.mean([m["acceptance_rate"] for m in later]) == pytest.approx(0.5, abs=0.05)
+    draws_per_kept = sum(m["n_generated"] for m in later) / sum(m["n_selected"] for m in later)
+    assert draws_per_kept < 2.6

@@ -69,11 +69,23 @@ class _Iteration:
     kept: list[tuple[int, np.ndarray, Candidates, Prompts, Scores]] = field(default_factory=list)
     pending: list[tuple[int, Candidates, Prompts, Scores]] = field(default_factory=list)  # select mode
     train_committed: float = 0.0  # training cost of what is kept
+    acceptable: int = 0  # draws the streaming selector accepts, counted past the target
     verdicts: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
 
     @property
     def n_kept(self) -> int:
         return sum(len(ix) for _, ix, *_ in self.kept)
+
+    def acceptance(self, mode: str, previous: float) -> float:
+        """The acceptance estimate after this iteration's draws so far.
+
+        Streaming: accepted / drawn, counting the draws the selector accepts beyond n_t, so a part
+        that overshoots its target does not bias the estimate down (kept / drawn would: it can
+        never exceed the estimate the part was sized with). Generate-then-select: unchanged.
+        """
+        if mode != "accept" or self.generated == 0:
+            return previous
+        return max(self.acceptable, 1) / self.generated
 
 
 def rng_for(seed: int, *key: int) -> np.random.Generator:
@@ -136,7 +148,8 @@ def _last(metrics: Mapping[str, Any]) -> bool:
 
 def _measured(metrics: Mapping[str, Any], acceptance: float, unit_costs: UnitCosts) -> tuple[float, UnitCosts]:
     if metrics["n_generated"] > 0 and metrics["n_selected"] > 0:
-        return metrics["n_selected"] / metrics["n_generated"], _measured_unit_costs(metrics, unit_costs)
+        accepted = metrics.get("n_accepted", metrics["n_selected"])  # runs written before the field: kept
+        return accepted / metrics["n_generated"], _measured_unit_costs(metrics, unit_costs)
     return acceptance, unit_costs
 
 
@@ -160,7 +173,7 @@ def run_iteration(
     for part in journal.resumed_parts(t, n_target):  # committed before a stop: read back, not redrawn
         ledger.restore(part.ledger_rows)
         _apply(it, part, _prompts(t, part.part, part.size, parts, seed=seed))
-        acceptance = max(it.n_kept, 1) / it.generated if settings.mode == "accept" else acceptance
+        acceptance = it.acceptance(settings.mode, acceptance)
     draw_bound = _draw_cost_bound(parts.generator, ledger.costs)
     wanted_draws = math.ceil(settings.oversample * n_target) if settings.mode == "select" else None
     max_draws = settings.max_draws_per_selected * n_target
@@ -183,7 +196,7 @@ def run_iteration(
             cut = refused = True
             break
         _generate_part(t, it, size, parts, ledger, seed=seed, model=model, journal=journal)
-        acceptance = max(it.n_kept, 1) / it.generated if settings.mode == "accept" else acceptance
+        acceptance = it.acceptance(settings.mode, acceptance)
         emit("part", {"iteration": t, "kept": it.n_kept, "target": n_target,
                       "generated": it.generated, "spent": ledger.spent, "total": ledger.total})
     if settings.mode == "select":
@@ -217,8 +230,11 @@ def _generate_part(
                 verdicts=np.bincount(scores.verdict, minlength=3)[:3].astype(np.int64),
                 train_committed=it.train_committed)
     if parts.selector.streaming:
-        chosen = parts.selector.select(scores, n_wanted=it.target - it.n_kept,
-                                       rng=rng_for(seed, 0, t, SELECT, p))
+        # a streaming selector decides row by row in draw order, so asking for every acceptable row
+        # and keeping the first n_t - kept gives the same rows as asking for n_t - kept
+        accepted = parts.selector.select(scores, n_wanted=len(scores), rng=rng_for(seed, 0, t, SELECT, p))
+        part.acceptable = len(accepted)
+        chosen = accepted[:max(it.target - it.n_kept, 0)]
         part.kept, part.train_committed = _admit(it, chosen, candidates, scores, parts, ledger)
     else:
         part.pending = (candidates, without_usage(scores))
@@ -231,6 +247,7 @@ def _apply(it: _Iteration, part: Part, prompts: Prompts) -> None:
     it.generated += part.size
     it.parts += 1
     it.verdicts += part.verdicts
+    it.acceptable += part.acceptable
     it.train_committed = part.train_committed
     if part.kept is not None:
         chosen, candidates, scores = part.kept
@@ -318,7 +335,8 @@ def _metrics(
         "n_selected": it.n_kept,
         "n_generated": it.generated,
         "n_parts": it.parts,
-        "acceptance_rate": it.n_kept / it.generated if it.generated else 0.0,
+        "n_accepted": max(it.acceptable, it.n_kept),  # streaming: accepted draws, past n_t too
+        "acceptance_rate": max(it.acceptable, it.n_kept) / it.generated if it.generated else 0.0,
         "verdicts": {v.name.lower(): int(it.verdicts[v]) for v in Verdict},
         "cost": by_stage,
         "seconds": seconds,

@@ -65,6 +65,7 @@ class Part:
     ledger_rows: list[LedgerRow]
     verdicts: npt.NDArray[np.int64]  # counts of PASS, FAIL, ERROR
     train_committed: float  # training cost reserved for everything kept so far in the iteration
+    acceptable: int = 0  # draws the streaming selector accepts, counted past n_t (for the estimate)
     kept: tuple[npt.NDArray[np.int64], Candidates, Scores] | None = None  # streaming selectors
     pending: tuple[Candidates, Scores] | None = None  # generate-then-select: all candidates
 
@@ -125,7 +126,8 @@ class Journal:
         part = Part(part=entry["part"], size=entry["size"],
                     ledger_rows=[ledger_row_from_dict(r) for r in entry["ledger"]],
                     verdicts=np.asarray(entry["verdicts"], dtype=np.int64),
-                    train_committed=entry["train_committed"])
+                    train_committed=entry["train_committed"],
+                    acceptable=entry.get("acceptable", entry["n_kept"]))
         if entry["streaming"] and entry["n_kept"] > 0:
             table = self.store.read_table(_kept_path(t, part.part))
             candidates, scores = records_from_table(table)
@@ -159,7 +161,7 @@ class Journal:
             "part": part.part, "size": part.size, "files": [asdict(f) for f in files],
             "ledger": [ledger_row_dict(r) for r in part.ledger_rows],
             "verdicts": part.verdicts.tolist(), "train_committed": part.train_committed,
-            "streaming": part.pending is None, "n_kept": n_kept,
+            "streaming": part.pending is None, "n_kept": n_kept, "acceptable": part.acceptable,
         })
 
     def commit_iteration(
