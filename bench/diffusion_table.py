@@ -1,7 +1,8 @@
 """Paper-style table (Spend Wisely, Table 2(a)) and PSNR-vs-compute plots from diffusion_compare runs.
 
     python bench/diffusion_table.py runs/diffusion-s10 runs/diffusion-s20 \
-        --markdown docs/diffusion-table.md --plot docs/diffusion-compare.png
+        --markdown docs/diffusion-table.md --plot docs/diffusion-compare.png \
+        --json docs/diffusion-results.json
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ def table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_seed(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with, per schedule, each seed's final PSNR, optimizer steps and acceptance path."""
+    rows = []
+    for row in summary["rows"]:
+        name, seeds = row["schedule"], []
+        for run in sorted((folder / name / "runs" / name).glob("seed-*")):
+            metrics = [json.loads(p.read_text()) for p in sorted(run.glob("iter-*/metrics.json"))]
+            seeds.append({"seed": run.name, "final": metrics[-1]["eval"]["psnr"], "iterations": len(metrics),
+                          "optimizer_steps": sum(m["train"].get("optimizer_steps", 0.0) for m in metrics),
+                          "acceptance_first": metrics[0]["acceptance_rate"],
+                          "acceptance_last": metrics[-1]["acceptance_rate"]})
+        rows.append({**row, "per_seed": seeds})
+    return {**summary, "rows": rows}
+
+
 def plot(runs: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]], path: Path) -> None:
     import matplotlib
 
@@ -76,12 +92,17 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--plot", type=Path, required=True)
+    parser.add_argument("--json", type=Path, default=None, help="also write per-seed results here")
     args = parser.parse_args()
     runs = [load(folder) for folder in args.folders]
     text = table([summary for summary, _ in runs])
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(text)
     plot(runs, args.plot)
+    if args.json is not None:
+        merged = {f"s{summary['noise_step']}": per_seed(folder, summary)
+                  for folder, (summary, _) in zip(args.folders, runs, strict=True)}
+        args.json.write_text(json.dumps(merged, indent=1))
     print(text)
 
 
