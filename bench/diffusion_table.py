@@ -45,16 +45,18 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 
 def per_seed(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary with, per schedule, each seed's final PSNR, optimizer steps and acceptance path."""
+    """The summary with, per schedule, each seed's final PSNR, optimizer steps, and acceptance in its
+    first and last iterations that the budget did not cut."""
     rows = []
     for row in summary["rows"]:
         name, seeds = row["schedule"], []
         for run in sorted((folder / name / "runs" / name).glob("seed-*")):
             metrics = [json.loads(p.read_text()) for p in sorted(run.glob("iter-*/metrics.json"))]
+            whole = [m for m in metrics if not m["cut"]] or metrics  # a cut last iteration may draw nothing
             seeds.append({"seed": run.name, "final": metrics[-1]["eval"]["psnr"], "iterations": len(metrics),
                           "optimizer_steps": sum(m["train"].get("optimizer_steps", 0.0) for m in metrics),
-                          "acceptance_first": metrics[0]["acceptance_rate"],
-                          "acceptance_last": metrics[-1]["acceptance_rate"]})
+                          "acceptance_first": whole[0]["acceptance_rate"],
+                          "acceptance_last": whole[-1]["acceptance_rate"]})
         rows.append({**row, "per_seed": seeds})
     return {**summary, "rows": rows}
 
