@@ -7,7 +7,7 @@ completions is a list of strings; per-row Python objects would cost more than th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -96,17 +96,26 @@ class Candidates:
 
     ``samples`` are the payload columns (for example ``{"x": array[n, d]}`` or
     ``{"prompt": [...], "completion": [...]}``); ``prompt_index`` says which prompt each came from;
-    ``usage`` is what generating each one cost (``{"samples": 1, "tokens": ...}`` per row).
+    ``usage`` is what generating each one cost (``{"samples": 1, "tokens": ...}`` per row);
+    ``extra`` holds per-candidate columns that stages add on the way (student loss, uncertainty,
+    embeddings, labeler provenance): selectors, policies and the store carry them by name, with no
+    schema edit.
     """
 
     samples: Mapping[str, Column]
     prompt_index: npt.NDArray[np.int64]
     usage: Usage
+    extra: Mapping[str, Column] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.prompt_index)
         _check_lengths(n, self.samples, "sample")
         _check_lengths(n, self.usage, "usage")
+        _check_lengths(n, self.extra, "extra")
+
+    def with_extra(self, **columns: Column) -> Candidates:
+        """The same candidates with more (or replaced) extra columns."""
+        return replace(self, extra={**self.extra, **columns})
 
     def __len__(self) -> int:
         return len(self.prompt_index)
@@ -116,6 +125,7 @@ class Candidates:
             samples={k: take_column(v, indices) for k, v in self.samples.items()},
             prompt_index=self.prompt_index[indices],
             usage={k: v[indices] for k, v in self.usage.items()},
+            extra={k: take_column(v, indices) for k, v in self.extra.items()},
         )
 
     @staticmethod
@@ -126,6 +136,7 @@ class Candidates:
             samples={k: concat_columns([p.samples[k] for p in parts]) for k in parts[0].samples},
             prompt_index=np.concatenate([p.prompt_index for p in parts]),
             usage={k: np.concatenate([p.usage[k] for p in parts]) for k in parts[0].usage},
+            extra={k: concat_columns([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
 
 
@@ -183,3 +194,43 @@ class Scores:
 def ones_usage(n: int, **per_item: float) -> dict[str, npt.NDArray[np.float64]]:
     """Usage where every item costs the same: ``ones_usage(3, samples=1)`` (read-only views)."""
     return {name: np.broadcast_to(np.float64(amount), (n,)) for name, amount in per_item.items()}
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Verdict counts per distinct prompt of a batch: what a prompt policy learns from.
+
+    One row per prompt index that appears in the batch, ascending. Small (at most one row per
+    prompt), so a part commits it whatever ``store_candidates`` says, and a resumed iteration hands
+    the policy exactly what an uninterrupted one would.
+    """
+
+    prompt_index: npt.NDArray[np.int64]
+    n_pass: npt.NDArray[np.int64]
+    n_fail: npt.NDArray[np.int64]
+    n_error: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.prompt_index)
+
+    @classmethod
+    def of(cls, prompt_index: npt.NDArray[np.int64], verdict: npt.NDArray[np.int8]) -> Observations:
+        index, inverse = np.unique(np.asarray(prompt_index, dtype=np.int64), return_inverse=True)
+        counts = np.zeros((len(index), 3), dtype=np.int64)
+        np.add.at(counts, (inverse, np.asarray(verdict, dtype=np.int64)), 1)
+        return cls(index, counts[:, Verdict.PASS], counts[:, Verdict.FAIL], counts[:, Verdict.ERROR])
+
+    @staticmethod
+    def concat(parts: Sequence[Observations]) -> Observations:
+        """Counts summed over batches (a prompt seen in several parts gets one row)."""
+        if not parts:
+            empty = np.empty(0, dtype=np.int64)
+            return Observations(empty, empty, empty, empty)
+        index = np.concatenate([p.prompt_index for p in parts])
+        unique, inverse = np.unique(index, return_inverse=True)
+        totals = []
+        for column in ("n_pass", "n_fail", "n_error"):
+            summed = np.zeros(len(unique), dtype=np.int64)
+            np.add.at(summed, inverse, np.concatenate([getattr(p, column) for p in parts]))
+            totals.append(summed)
+        return Observations(unique, *totals)
