@@ -40,7 +40,7 @@ from synthloop.select import (
     Threshold,
     TopK,
 )
-from synthloop.yamlio import ConfigError, load_config_file, one_line, shown
+from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
 
 __all__ = ["ConfigError", "RunConfig", "Strict", "load_config", "parse_config"]
 
@@ -403,7 +403,7 @@ def parse_config(data: Any, *, source: str = "config") -> RunConfig:
 
 def load_config(path: Path) -> RunConfig:
     """The validated config in the YAML file at ``path`` (see :mod:`synthloop.yamlio` for the file checks)."""
-    return parse_config(load_config_file(Path(path)), source=str(path))
+    return parse_config(load_config_file(Path(path)), source=shown_path(path))
 
 
 # -- from config to loop objects ---------------------------------------------------------------

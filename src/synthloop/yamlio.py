@@ -87,25 +87,33 @@ def shown(value: Any) -> str:
 # -- reading the file --------------------------------------------------------------------------
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` for a message: cut in the middle past 100 characters, so the reason still fits."""
+    text = str(path)
+    return text if len(text) <= 100 else f"{text[:40]}...{text[-57:]}"
+
+
 def read_config_text(path: Path) -> str:
     """The text of the config file at ``path``, or :class:`ConfigError` naming the file."""
     try:
         info = os.stat(path)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read config {path}: {_reason(error)}") from None
+        raise ConfigError(f"cannot read config {shown_path(path)}: {_reason(error)}") from None
     _require_regular(path, info)
     try:
         data = _read_regular(path)
     except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {_reason(error)}") from None
-    return decode_utf8(data, source=str(path))
+        raise ConfigError(f"cannot read config {shown_path(path)}: {_reason(error)}") from None
+    return decode_utf8(data, source=shown_path(path))
 
 
 def _require_regular(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"cannot read config {path}: not a regular file ({_file_kind(info.st_mode)})")
+        raise ConfigError(f"cannot read config {shown_path(path)}: not a regular file "
+                          f"({_file_kind(info.st_mode)})")
     if info.st_size > MAX_BYTES:
-        raise ConfigError(f"cannot read config {path}: {info.st_size} bytes; a config is at most {MAX_BYTES}")
+        raise ConfigError(f"cannot read config {shown_path(path)}: {info.st_size} bytes; a config is at most "
+                          f"{MAX_BYTES}")
 
 
 def _read_regular(path: Path) -> bytes:
@@ -115,7 +123,7 @@ def _read_regular(path: Path) -> bytes:
         _require_regular(path, os.fstat(file.fileno()))
         data = file.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
-        raise ConfigError(f"cannot read config {path}: more than {MAX_BYTES} bytes")
+        raise ConfigError(f"cannot read config {shown_path(path)}: more than {MAX_BYTES} bytes")
     return data
 
 
@@ -243,8 +251,8 @@ def _check_expansion(root: Node) -> None:
         for child in _children(node):
             total += size(child, depth + 1)
             if total > MAX_NODES:
-                raise ConstructorError(None, None, f"more than {MAX_NODES} values once aliases are "
-                                       "expanded (an alias bomb?)", node.start_mark)
+                raise ConstructorError(None, None, f"aliases expand past {MAX_NODES} values (an alias bomb?)",
+                                       node.start_mark)
         active.discard(key)
         sizes[key] = total
         return total
@@ -262,4 +270,4 @@ def _children(node: Node) -> list[Node]:
 
 def load_config_file(path: Path) -> Any:
     """Read and parse the config file at ``path`` (see the module for what is refused)."""
-    return load_yaml(read_config_text(path), source=str(path))
+    return load_yaml(read_config_text(path), source=shown_path(path))
