@@ -31,9 +31,9 @@ from synthloop.select import (
 
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
-    "gaussian": "synthloop.tasks.gaussian_config",
-    "digits-denoise": "synthloop.tasks.digits_config",
-    "math": "synthloop.tasks.math_config",
+    "gaussian": "synthloop.families.gaussian",
+    "digits-denoise": "synthloop.families.digits",
+    "math": "synthloop.families.math",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")

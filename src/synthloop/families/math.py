@@ -1,4 +1,6 @@
-"""Config of the math word-problem family (``task.kind: math``); imports no ML framework.
+"""The math word-problem family (``task.kind: math``): its config, planning usage and wiring.
+
+Validation and planning import no ML framework; ``build`` imports torch and transformers.
 
     task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
     model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
@@ -11,11 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from synthloop.configs import ConfigError, RunConfig, Strict, validate_kind, validate_section
+from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
+from synthloop.tasks.math import (
+    Level,
+    build_pools,
+    few_shot_prompt,
+    load_problems,
+    prompts_for,
+    question_prompt,
+)
+
+if TYPE_CHECKING:
+    from synthloop.loop import Components
+    from synthloop.models.hf import HFModel
+    from synthloop.tasks.math import MathTask
 
 Positive = Annotated[int, Field(ge=1)]
 
@@ -137,8 +152,6 @@ class MathFamily:
     def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
         """Rough expected tokens of one draw, for planning only (the ledger charges measured tokens):
         about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
-        from synthloop.tasks.math import Level, build_pools, few_shot_prompt
-
         levels = [Level(lv.name, lv.dataset, lv.params) for lv in settings.task.levels]
         pools = build_pools(levels, train_size=4, eval_size=1, n_shots=settings.task.shots,
                             data_seed=settings.task.data_seed)
@@ -158,10 +171,89 @@ class MathFamily:
     def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
         return {}
 
-    def build(self, config: RunConfig, settings: MathSettings) -> Any:
-        from synthloop.tasks.math_build import build_components
-
+    def build(self, config: RunConfig, settings: MathSettings) -> Components:
         return build_components(config, settings)
 
 
 FAMILY = MathFamily()
+
+
+# -- wiring: the task, its Hugging Face models and the selector ---------------------------------
+
+
+def levels_of(settings: MathSettings) -> list[Level]:
+    return [Level(lv.name, lv.dataset, dict(lv.params), lv.weight) for lv in settings.task.levels]
+
+
+def build_model(settings: MathSettings) -> HFModel:
+    from synthloop.models.hf import export_smollm2, load_pretrained
+
+    spec = settings.model
+    if isinstance(spec, SmolLM2Config):
+        return load_pretrained(export_smollm2())
+    if isinstance(spec, PretrainedConfig):
+        return load_pretrained(spec.source)
+    assert isinstance(spec, ScratchModelConfig)
+    return scratch_for(spec, levels_of(settings), data_seed=settings.task.data_seed)
+
+
+def scratch_for(spec: ScratchModelConfig, levels: list[Level], *, data_seed: int) -> HFModel:
+    """A tiny GPT-2 pretrained on labelled seed problems (seeds disjoint from the task's pools)."""
+    from synthloop.models.scratch import PretrainConfig, TinyGPT2Config, scratch_model
+
+    seed_texts = []
+    for k, level in enumerate(levels):
+        problems = load_problems(level, size=spec.seed_problems, seed=10_000 + 97 * data_seed + k)
+        seed_texts += [f"{question_prompt(p.question)} {p.solution}" for p in problems]
+    architecture = TinyGPT2Config(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head,
+                                  n_positions=spec.n_positions, vocab_size=spec.vocab_size, seed=spec.seed)
+    training = PretrainConfig(steps=spec.pretrain_steps, batch_size=spec.pretrain_batch_size,
+                              lr=spec.pretrain_lr, bf16=spec.pretrain_bf16, seed=spec.seed)
+    return scratch_model(seed_texts, tokenizer_texts=seed_texts, vocab_size=spec.vocab_size,
+                         architecture=architecture, training=training)
+
+
+def longest_prompt(task: MathTask, model: HFModel, *, chat: bool, hints: bool) -> int:
+    """Tokens of the longest training prompt (hint prompts included when rationalizing)."""
+    from synthloop.models.hf import encode_prompt
+
+    pool = task.pools_.train
+    prompts = prompts_for(pool, range(len(pool)), task.pools_.shots, style=task.style)
+    texts = list(prompts.items["prompt"]) + (list(prompts.items["hint_prompt"]) if hints else [])
+    return max(len(encode_prompt(model.tokenizer, text, chat=chat)) for text in texts)
+
+
+def build_components(config: RunConfig, settings: MathSettings, *, model: HFModel | None = None) -> Components:
+    from synthloop.loop import Components
+    from synthloop.models.hf import HFGenerator
+    from synthloop.tasks.math import MathTask, MathVerifier, Rationalizing
+
+    g, t = settings.generator, settings.task
+    model = model or build_model(settings)
+    chat = t.style == "chat"
+    verifier = MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker)
+    task = MathTask(levels_of(settings), evaluator=HFGenerator(), train_size=t.train_size,
+                    eval_size=t.eval_size, shots=t.shots, data_seed=t.data_seed, verifier=verifier, style=t.style)
+    # The loop sizes generation chunks by the worst case of one draw, so the bound must be tight:
+    # the longest prompt this task can produce (capped by the configured limit).
+    max_prompt = min(g.max_prompt_tokens, longest_prompt(task, model, chat=chat, hints=t.rationalize))
+    sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                          stop_strings=tuple(g.stop_strings), batch_size=g.batch_size,
+                          max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat)
+    task.evaluator = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
+                                 stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
+                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
+    generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
+    return Components(task=task, generator=generator, selector=make_selector(config.selector),
+                      learner=sft_learner(settings.learner, model, chat=chat))
+
+
+def sft_learner(spec: LearnerConfig, model: HFModel, *, chat: bool) -> Any:
+    from synthloop.models.hf import LoraSettings, SFTLearner
+
+    lora = None if spec.lora is None else LoraSettings(
+        rank=spec.lora.rank, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
+        target_modules=tuple(spec.lora.target_modules) if spec.lora.target_modules else None)
+    return SFTLearner(base=model, lr=spec.lr, weight_decay=spec.weight_decay, batch_size=spec.batch_size,
+                      grad_accum=spec.grad_accum, epochs=spec.epochs, max_length=spec.max_length, bf16=spec.bf16,
+                      reset=spec.reset, lora=lora, chat=chat, warmup_steps=spec.warmup_steps)
