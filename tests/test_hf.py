@@ -19,7 +19,7 @@ pytest.importorskip("reasoning_gym")
 pytest.importorskip("math_verify")
 
 from synthloop.configs import ConfigError, parse_config  # noqa: E402
-from synthloop.models.hf import HFGenerator, HFModel, LoraSettings, SFTLearner  # noqa: E402
+from synthloop.models.hf import HFGenerator, HFModel, KVCache, LoraSettings, SFTLearner  # noqa: E402
 from synthloop.models.scratch import TinyGPT2Config, tiny_gpt2, train_tokenizer  # noqa: E402
 from synthloop.records import Candidates, Prompts, Verdict  # noqa: E402
 from synthloop.tasks.math import (  # noqa: E402
@@ -176,6 +176,22 @@ def test_left_padding_gives_the_same_greedy_answer_alone_or_in_a_batch(tokenizer
     alone = [greedy(10).generate(model, prompts.take(np.array([i])), rng=np.random.default_rng(0))
              .samples["completion"][0] for i in range(2)]
     assert together == alone
+
+
+def test_cached_decoding_equals_recomputing_the_whole_sequence(tokenizer: object) -> None:
+    """The KV cache is fed under the name the installed transformers reads: a cache passed under a
+    name the model ignored would leave each step seeing one token only."""
+    model = tiny(tokenizer, seed=3)
+    network = model.network.eval()
+    ids = torch.tensor([model.tokenizer("Question: 1 + 2 =\nAnswer:")["input_ids"]])
+    cache, step_ids, sequence = KVCache(), ids, ids
+    with torch.no_grad():
+        for _ in range(6):
+            logits = cache.forward(network, input_ids=step_ids)
+            full = network(input_ids=sequence, use_cache=False).logits[:, -1, :]
+            torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-5)
+            step_ids = logits.argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, step_ids], dim=1)
 
 
 def test_stop_strings_cut_the_completion(tokenizer: object) -> None:
