@@ -169,10 +169,9 @@ class Ledger:
         if missing:
             raise ValueError(f"the cost model prices {stage} by {missing[0]!r}, but the {stage} stage "
                              f"reports only {sorted(quantities) or 'nothing'}")
-        totals = {**quantities, MEASURED: seconds}
-        cost = self.costs.total(stage, totals)
-        priced_ahead = cost - self.costs.price(stage, MEASURED) * seconds
-        if self.spent + priced_ahead > self.total * (1 + TOLERANCE) + 1e-9:
+        priced_ahead = self.costs.total(stage, {**quantities, MEASURED: 0.0})
+        cost = self.costs.total(stage, {**quantities, MEASURED: seconds})
+        if priced_ahead > 0 and self.spent + priced_ahead > self.total * (1 + TOLERANCE) + 1e-9:
             raise BudgetExceededError(
                 f"iteration {iteration} {stage}: cost {cost:.6g} exceeds the remaining budget "
                 f"{self.remaining:.6g} {self.costs.unit}"

@@ -272,7 +272,7 @@ class Iteration:
                 training: tuple[dict[str, float], tuple[int, int, int]],
                 evaluation: Mapping[str, float]) -> IterationRecord:
         stages = self.parts.stages
-        cost = dict.fromkeys((stages.generate, stages.verify, stages.train), 0.0)
+        cost = dict.fromkeys((stages.generate, stages.verify, stages.train, *self.ledger.costs.prices), 0.0)
         seconds = dict(cost)
         for row in self.ledger.rows_of(self.t):
             cost[row.stage] = cost.get(row.stage, 0.0) + row.cost
