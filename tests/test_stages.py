@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pool_task import PoolGenerator, PoolTask, pool_components
 
+from pool_task import PoolGenerator, PoolTask, pool_components
 from synthloop import schedules
 from synthloop.budget import CostModel, Planner, UnitCosts
 from synthloop.loop import LoopSettings, Stages, run
