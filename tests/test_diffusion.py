@@ -343,14 +343,14 @@ def test_short_run_raises_psnr_and_ledger_counts_every_unet_call(cache: Path) ->
         history = run_config(config, run_dir=None, components=parts)
     finally:
         handle.remove()
-    generated = sum(m["cost"]["generate"] for m in history)
-    trained = sum(m["cost"]["train"] for m in history)
-    evaluations = 1 + sum(1 for m in history if m["eval"])
-    assert [m["n_selected"] for m in history] == [32, 32, 32, 32]
-    assert generated == NOISE_STEP * sum(m["n_generated"] for m in history)
-    assert trained == 4 * 32 == 8 * sum(m["train"]["optimizer_steps"] for m in history)
+    generated = sum(m.cost["generate"] for m in history)
+    trained = sum(m.cost["train"] for m in history)
+    evaluations = 1 + sum(1 for m in history if m.eval)
+    assert [m.n_selected for m in history] == [32, 32, 32, 32]
+    assert generated == NOISE_STEP * sum(m.n_generated for m in history)
+    assert trained == 4 * 32 == 8 * sum(m.train["optimizer_steps"] for m in history)
     # planning prices FLOPs from the UNet's shape (models/unet_flops.py): it runs no forward pass
     assert images_through_unet == generated + trained + evaluations * N_EVAL * NOISE_STEP
     start = parts.task.evaluate(build_components(config).learner.model, rng=np.random.default_rng(0))["psnr"]
-    final = history[-1]["eval"]["psnr"]
+    final = history[-1].eval["psnr"]
     assert final > start + 1.0, f"held-out PSNR went from {start:.2f} to {final:.2f} dB"

@@ -320,20 +320,20 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     history = run_config(cfg, run_dir=tmp_path / "run")
     manifest = RunStore(tmp_path / "run").manifest()
     initial = manifest["initial"]["metrics"]["accuracy"]
-    final = history[-1]["eval"]["accuracy"]
-    curve = [initial] + [m["eval"]["accuracy"] for m in history]
-    assert len(history) == 5 and all(m["n_selected"] == 128 for m in history)
-    assert history[-1]["cumulative_cost"] <= 400_000
+    final = history[-1].eval["accuracy"]
+    curve = [initial] + [m.eval["accuracy"] for m in history]
+    assert len(history) == 5 and all(m.n_selected == 128 for m in history)
+    assert history[-1].cumulative_cost <= 400_000
     # STaR / Spend Wisely on an easy task: held-out greedy accuracy and the acceptance rate both rise.
     assert final >= initial + 0.08, curve
     # acceptance is accepted / drawn (draws past n_t counted too), on training prompts at temperature
     # 0.7: it follows accuracy, about 0.11 -> 0.20 here
-    assert history[-1]["acceptance_rate"] > 1.5 * history[0]["acceptance_rate"]
+    assert history[-1].acceptance_rate > 1.5 * history[0].acceptance_rate
     ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
     generated = sum(r["cost"] for r in ledger if r["stage"] == "generate")
     trained = sum(r["cost"] for r in ledger if r["stage"] == "train")
     assert generated > 0 and trained > 0  # both priced in tokens
-    assert trained == pytest.approx(sum(m["train"]["trained_tokens"] for m in history))
+    assert trained == pytest.approx(sum(m.train["trained_tokens"] for m in history))
     assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()
 
 
