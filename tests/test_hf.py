@@ -351,6 +351,28 @@ def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: objec
     assert float(trimmed) == pytest.approx(float(full), rel=1e-5)
 
 
+def test_planning_prompt_lengths_table_equals_the_measurement() -> None:
+    """``PROMPT_CHARS`` spares planning the reasoning-gym import; it must hold what the
+    measurement gives, for every math example, or plans would drift with reasoning-gym."""
+    from synthloop.configs import load_config
+    from synthloop.families import math as math_family
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("math-*.yaml"))
+    assert examples
+    keys = set()
+    for path in examples:
+        task = math_family.FAMILY.validate(load_config(path)).task
+        keys.add(math_family.planning_key(task))
+        assert math_family.planning_key(task) in math_family.PROMPT_CHARS, path.name
+        assert math_family.prompt_chars(task) == math_family.measured_prompt_chars(task), path.name
+    assert keys == set(math_family.PROMPT_CHARS)  # no stale entries
+    other = parse_config(config(Path("."), task={"kind": "math", "shots": 2, "levels": [
+        {"name": "b", "dataset": "basic_arithmetic", "params": {"min_terms": 2, "max_terms": 3}}]}))
+    task = math_family.FAMILY.validate(other).task
+    assert math_family.planning_key(task) not in math_family.PROMPT_CHARS
+    assert math_family.prompt_chars(task) == math_family.measured_prompt_chars(task) > 100
+
+
 def test_cli_plans_the_example_configs_and_rejects_a_bad_one(tmp_path: Path) -> None:
     import subprocess
     import sys

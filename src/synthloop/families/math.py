@@ -11,6 +11,7 @@ Validation and planning import no ML framework; ``build`` imports torch and tran
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -152,15 +153,8 @@ class MathFamily:
     def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
         """Rough expected tokens of one draw, for planning only (the ledger charges measured tokens):
         about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
-        levels = [Level(lv.name, lv.dataset, lv.params) for lv in settings.task.levels]
-        pools = build_pools(levels, train_size=4, eval_size=1, n_shots=settings.task.shots,
-                            data_seed=settings.task.data_seed)
-        if settings.task.style == "chat":  # the question plus about 30 tokens of chat template
-            chars = 120 + sum(len(p.question) for p in pools.train) / len(pools.train)
-        else:
-            chars = sum(len(few_shot_prompt(p.question, pools.shots)) for p in pools.train) / len(pools.train)
         completion = settings.generator.max_new_tokens / 4
-        prompt = chars / 4
+        prompt = prompt_chars(settings.task) / 4
         return {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
                 "completion_tokens": completion}
 
@@ -176,6 +170,45 @@ class MathFamily:
 
 
 FAMILY = MathFamily()
+
+
+# -- planning usage: how long a prompt is ----------------------------------------------------------
+
+#: ``measured_prompt_chars`` of the task settings the examples use, keyed by ``planning_key``:
+#: planning them skips importing reasoning-gym (about a second, most of ``synthloop plan``).
+#: ``tests/test_hf.py`` checks every entry against the measurement and that every example hits one.
+PROMPT_CHARS: dict[str, float] = {
+    # examples/math-schedules.yaml, examples/math-schedules-weak.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}], ["chain_sum", {"max_digits": 1, "max_terms": 3, "min_digits": 1, "min_terms": 3}]], '
+    '"shots": 0, "style": "few_shot"}': 87.0,
+    # examples/math-smollm2.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}]], "shots": 3, "style": "chat"}': 187.0,
+}
+
+
+def planning_key(task: MathTaskConfig) -> str:
+    """What the planning prompt length depends on (level names and weights do not change it)."""
+    levels = [[level.dataset, level.params] for level in task.levels]
+    return json.dumps({"levels": levels, "shots": task.shots, "data_seed": task.data_seed,
+                       "style": task.style}, sort_keys=True)
+
+
+def measured_prompt_chars(task: MathTaskConfig) -> float:
+    """Mean characters of the prompts of four training problems per level (the chat template's
+    tokens counted as 120 characters)."""
+    levels = [Level(lv.name, lv.dataset, lv.params) for lv in task.levels]
+    pools = build_pools(levels, train_size=4, eval_size=1, n_shots=task.shots, data_seed=task.data_seed)
+    if task.style == "chat":  # the question plus about 30 tokens of chat template
+        return 120 + sum(len(p.question) for p in pools.train) / len(pools.train)
+    return sum(len(few_shot_prompt(p.question, pools.shots)) for p in pools.train) / len(pools.train)
+
+
+def prompt_chars(task: MathTaskConfig) -> float:
+    """``measured_prompt_chars``, read from ``PROMPT_CHARS`` where the settings are there."""
+    key = planning_key(task)
+    return PROMPT_CHARS[key] if key in PROMPT_CHARS else measured_prompt_chars(task)
 
 
 # -- wiring: the task, its Hugging Face models and the selector ---------------------------------
