@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -30,9 +28,10 @@ from pydantic import (
 )
 
 from synthloop import schedules
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, plan
+from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced, plan
 from synthloop.loop import LoopSettings
 from synthloop.names import check_name
+from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.select import (
     Passed,
     RewardProportional,
@@ -40,15 +39,17 @@ from synthloop.select import (
     Threshold,
     TopK,
 )
+from synthloop.strict import Strict
+from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
 from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
 
 __all__ = ["ConfigError", "RunConfig", "Strict", "load_config", "parse_config"]
 
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
-    "gaussian": "synthloop.tasks.gaussian_config",
-    "digits-denoise": "synthloop.tasks.digits_config",
-    "math": "synthloop.tasks.math_config",
+    "gaussian": "synthloop.families.gaussian",
+    "digits-denoise": "synthloop.families.digits",
+    "math": "synthloop.families.math",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
@@ -61,52 +62,6 @@ MAX_OVERSAMPLE = 10_000
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1_000
 MAX_CHUNK = 1 << 20
-
-
-class Strict(BaseModel):
-    """Base of every config section: unknown keys are refused and values are checked, not coerced.
-
-    No bool for a number, no string for a number, and floats are finite (NaN, ``.inf`` and ``1e309``
-    are refused; a field that wants them says ``allow_inf_nan=True``); a YAML int is a valid float.
-    YAML has no tuples or paths, so a list is read as a tuple and a string as a path (without control
-    characters) for the fields that want those.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_forms(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        fields = cls.model_fields
-        return {key: yaml_form(value, fields[key].annotation) if key in fields else value
-                for key, value in data.items()}
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def yaml_form(value: Any, annotation: Any) -> Any:
-    """``value`` as the field wants it, where YAML cannot say it: a list as a tuple, a str as a Path."""
-    options = [_unannotated(option) for option in _union_options(annotation)]
-    if isinstance(value, list) and any(typing.get_origin(o) is tuple for o in options):
-        return tuple(value)
-    if isinstance(value, str) and Path in options:
-        if _CONTROL.search(value):
-            raise ValueError(f"a path cannot hold control characters (got {shown(value)})")
-        return Path(value)
-    return value
-
-
-def _union_options(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _unannotated(annotation: Any) -> Any:
-    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
 
 
 class Section(BaseModel):
@@ -255,7 +210,7 @@ class BudgetConfig(Strict):
 
 
 class LoopConfig(Strict):
-    mode: Literal["accept", "select"] = "accept"
+    mode: Literal["accept", "select"] | None = None  # None: streaming if the selector's kind streams
     oversample: Annotated[float, Field(ge=1, le=MAX_OVERSAMPLE)] = 2.0
     chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK)] = 65536
     store_candidates: Literal["all", "selected", "none"] = "all"
@@ -291,11 +246,25 @@ class RunConfig(Strict):
     generator: Section | None = None
     learner: Section | None = None
     selector: SelectorConfig = RewardProportionalSelector(kind="reward_proportional")
+    prompt_policy: PromptPolicyConfig = UniformConfig(kind="uniform")
+    training_set: TrainingSetConfig = ThisIterationConfig(kind="this_iteration")
     schedule: ScheduleConfig
     budget: BudgetConfig
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig | None = None
+
+    @model_validator(mode="after")
+    def _mode_fits_selector(self) -> RunConfig:
+        if self.loop.mode == "accept" and not make_selector(self.selector).streaming:
+            raise ValueError(f"loop.mode: 'accept' needs a streaming selector, and {self.selector.kind!r} must "
+                             "see all N_t candidates at once (use mode 'select', or leave mode unset)")
+        return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether iterations stream (Algorithm 1) or draw N_t = oversample * n_t first."""
+        return self.loop.mode != "select" and make_selector(self.selector).streaming
 
 
 # -- families ----------------------------------------------------------------------------------
@@ -452,9 +421,7 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     family = family_for(config)
     settings = family.validate(config)
     unit_costs = _unit_costs(config, family, settings)
-    acceptance = (
-        1.0 / config.loop.oversample if config.loop.mode == "select" else config.budget.expected_acceptance
-    )
+    acceptance = config.budget.expected_acceptance if config.streams else 1.0 / config.loop.oversample
     make = schedule_factory(schedule, family.schedule_defaults(settings))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
@@ -473,10 +440,14 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
 
 def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
     costs = config.budget.cost_model()
+    declared = declared_usage(config, family, settings)
+    try:
+        check_priced(costs.prices, declared)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     unit_costs = UnitCosts(
-        per_draw=costs.per_unit("generate", family.usage_per_draw(settings))
-        + costs.per_unit("verify", {"samples": 1.0}),
-        per_selected=costs.per_unit("train", family.usage_per_example(settings)),
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
+        per_selected=costs.per_unit("train", declared["train"]),
     )
     if not (unit_costs.per_draw > 0 or unit_costs.per_selected > 0):
         raise ConfigError("budget.costs: no priced quantity is one the task reports per sample (seconds are "
@@ -507,6 +478,20 @@ def check_plan(planner: Planner) -> None:
             raise ConfigError(f"schedule: iteration {row.iteration} plans {row.expected_generated:.3g} draws "
                               f"(n_t / acceptance rate), past the bound of {MAX_DRAWS:.0e}; lower budget.total "
                               "or schedule.n0, or raise the acceptance rate")
+
+
+def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, dict[str, float]]:
+    """Stage -> quantity -> usage bound per draw (per trained example for ``train``) that the run's
+    components report: what may be priced. Generator quantities named ``stage:quantity`` (checks a
+    generator runs itself) count for that stage."""
+    declared: dict[str, dict[str, float]] = {"generate": {}, "verify": {"samples": 1.0}}
+    for name, amount in family.usage_per_draw(settings).items():
+        stage, _, quantity = name.rpartition(":")
+        declared.setdefault(stage or "generate", {})[quantity] = amount
+    if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:
+        declared["score"] = {"samples": config.prompt_policy.factor}
+    declared["train"] = dict(family.usage_per_example(settings))
+    return declared
 
 
 def _min_or_none(*values: int | None) -> int | None:

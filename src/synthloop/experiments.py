@@ -29,15 +29,27 @@ from synthloop.configs import (
 )
 from synthloop.loop import Components, Report, run
 from synthloop.names import child_path
+from synthloop.policies import PromptScorer, make_prompt_policy
+from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore
+from synthloop.training_set import LabeledSource, make_training_set
 from synthloop.yamlio import load_yaml, shown
 
 PACKAGES = ("synthloop", "numpy", "pyarrow", "pydantic", "torch", "transformers", "diffusers", "peft", "trl")
 
 
 def build_components(config: RunConfig) -> Components:
+    """The family's components, with the configured prompt policy and training-set policy."""
     family = family_for(config)
     components: Components = family.build(config, family.validate(config))
+    task = components.task
+    try:
+        components.prompt_policy = make_prompt_policy(
+            config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
+        components.training_set = make_training_set(
+            config.training_set, source=task if isinstance(task, LabeledSource) else None)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return components
 
 
@@ -86,7 +98,7 @@ def run_config(
     report: Report | None = None,
     overwrite: bool = False,
     components: Components | None = None,
-) -> list[dict[str, Any]]:
+) -> list[IterationRecord]:
     """Run ``config``; with ``run_dir`` set, write the run directory there."""
     planner = make_planner(config)
     components = components or build_components(config)
@@ -98,7 +110,7 @@ def run_config(
                seed=config.seed, store=store, report=report)
 
 
-def resume_run(run_dir: Path, *, report: Report | None = None) -> tuple[RunConfig, list[dict[str, Any]]]:
+def resume_run(run_dir: Path, *, report: Report | None = None) -> tuple[RunConfig, list[IterationRecord]]:
     """Continue the run in ``run_dir`` from its last committed state, with the config it holds.
 
     Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
@@ -188,16 +200,16 @@ def _variants(config: RunConfig, schedules: Mapping[str, ScheduleConfig], names:
     return variants
 
 
-def _trajectory(name: str, seed: int, history: Sequence[Mapping[str, Any]], metric: str,
+def _trajectory(name: str, seed: int, history: Sequence[IterationRecord], metric: str,
                 budget: float) -> Trajectory:
-    evaluated = [m for m in history if metric in m["eval"]]
+    evaluated = [m for m in history if metric in m.eval]
     return Trajectory(
         schedule=name,
         seed=seed,
-        costs=[m["cumulative_cost"] for m in evaluated],
-        metrics=[m["eval"][metric] for m in evaluated],
-        n_selected=[m["n_selected"] for m in history],
-        budget_used=(history[-1]["cumulative_cost"] / budget) if history else 0.0,
+        costs=[m.cumulative_cost for m in evaluated],
+        metrics=[m.eval[metric] for m in evaluated],
+        n_selected=[m.n_selected for m in history],
+        budget_used=(history[-1].cumulative_cost / budget) if history else 0.0,
     )
 
 

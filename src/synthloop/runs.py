@@ -34,8 +34,9 @@ import pyarrow as pa
 
 from synthloop import faults
 from synthloop.budget import Ledger, LedgerRow
-from synthloop.protocols import Learner, Task
-from synthloop.records import Candidates, Scores
+from synthloop.protocols import Task
+from synthloop.records import Candidates, Observations, Scores
+from synthloop.state import Stateful
 from synthloop.store import (
     CONFIG,
     LEDGER,
@@ -68,6 +69,7 @@ class Part:
     acceptable: int = 0  # draws the streaming selector accepts, counted past n_t (for the estimate)
     kept: tuple[npt.NDArray[np.int64], Candidates, Scores] | None = None  # streaming selectors
     pending: tuple[Candidates, Scores] | None = None  # generate-then-select: all candidates
+    observed: Observations | None = None  # verdict counts per prompt, for the prompt policy
 
 
 def without_usage(scores: Scores) -> Scores:
@@ -96,8 +98,9 @@ class Journal:
                                       higher_is_better=task.higher_is_better)
         return metrics
 
-    def restore(self, learner: Learner, ledger: Ledger) -> list[dict[str, Any]]:
-        """Load the last committed state into ``learner`` and ``ledger``; return the history."""
+    def restore(self, states: Mapping[str, Stateful], ledger: Ledger) -> list[dict[str, Any]]:
+        """Load the last committed state into ``states`` and ``ledger``; return the history."""
+        learner = states["learner"]
         if self.store is None:
             return []
         self.store.clean()
@@ -165,8 +168,8 @@ class Journal:
         })
 
     def commit_iteration(
-        self, t: int, kept: list[tuple[int, npt.NDArray[np.int64], Candidates, Scores]], learner: Learner,
-        ledger: Ledger, metrics: Mapping[str, Any],
+        self, t: int, kept: list[tuple[int, npt.NDArray[np.int64], Candidates, Scores]],
+        states: Mapping[str, Stateful], ledger: Ledger, metrics: Mapping[str, Any],
     ) -> None:
         """Write the selected set, checkpoint and metrics, then commit the iteration, last."""
         if self.store is None:
@@ -184,7 +187,7 @@ class Journal:
         checkpoint = f"{iteration_dir(t)}/checkpoint"
         shutil.rmtree(store.root / checkpoint, ignore_errors=True)  # a crashed attempt's leftovers
         (store.root / checkpoint).mkdir(parents=True)
-        learner.save(store.root / checkpoint)
+        states["learner"].save(store.root / checkpoint)
         faults.point("checkpoint", checkpoint)
         files.extend(store.adopt_directory(checkpoint))
         files.append(store.write_json(f"{iteration_dir(t)}/metrics.json", metrics))
