@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.scanner import ScannerError
 
 MAX_BYTES = 1 << 20  # a config is a page or two; a megabyte is already generous
 MAX_NODES = 100_000  # values after alias expansion (scalars, lists and mappings)
@@ -166,6 +167,12 @@ class SafeConfigLoader(yaml.SafeLoader):
         first: [(tag, regexp) for tag, regexp in resolvers if tag != TIMESTAMP]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Each open '[' or '{' makes PyYAML's scanner rescan every open one: refuse deep ones early.
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         _refuse_duplicates(self, node)
