@@ -194,6 +194,8 @@ BOUNDS = [
     config_case("budget-huge-fixed-n0", {"budget.total": BIG, "schedule": "{kind: constant, n0: 10}"},
                 "schedule: the plan runs past 10000 iterations"),
     config_case("budget-huge-plan", {"budget.total": BIG}, "past the bound of 1e+09", PLAN),
+    config_case("budget-huge-with-trackers", {"budget.total": BIG}, "past the bound of 1e+09",
+                (*RUN, "--tensorboard", "{sandbox}/cwd/tb", "--mlflow", "{sandbox}/cwd/mlruns")),
     config_case("n0-huge", {"schedule.n0": "1e30"}, "schedule.exponential.n0: Input should be less than or equal"),
     config_case("n0-negative", {"schedule.n0": "-5"}, "schedule.exponential.n0: Input should be greater than 0"),
     config_case("n0-word", {"schedule.n0": "lots"}, "schedule.exponential.n0"),
@@ -614,11 +616,15 @@ def run_case(root: Path, case: Case, *, pycache: Path) -> Outcome:
                                 timeout=ANSWER_WITHIN, env=env, check=False, stdin=subprocess.DEVNULL)
         code, stdout, stderr = result.returncode, result.stdout, result.stderr
     except subprocess.TimeoutExpired as expired:
-        code, stdout, stderr = None, str(expired.stdout or ""), str(expired.stderr or "")
+        code, stdout, stderr = None, _text(expired.stdout), _text(expired.stderr)
     seconds = time.perf_counter() - start
     after = snapshot(sandbox)
     changes = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     return Outcome(code, stdout, stderr, seconds, changes, sandbox)
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,7 @@ def run(
     with clear_errors():
         cfg = load_config(config)
         run_dir = child_path(runs_dir, cfg.name)
+        make_planner(cfg)  # a plan that cannot run fails here, before a tracker writes its first file
         with RunProgress() as progress, _trackers(cfg.name, tensorboard, mlflow) as trackers:
             history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
                                  overwrite=overwrite)
