@@ -748,3 +748,16 @@ def test_child_path_stays_inside_its_parent(tmp_path: Path) -> None:
         child_path(tmp_path / "runs", "link")
     (tmp_path / "runs" / "inside").symlink_to(tmp_path / "runs" / "ok")
     assert child_path(tmp_path / "runs", "inside") == tmp_path / "runs" / "inside"
+
+
+def test_a_runs_own_config_is_read_as_strictly_and_blamed_on_the_run(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthloop.experiments import config_from_run_text, resume_run
+    from synthloop.store import RunDirectoryError, RunStore
+
+    assert config_from_run_text(BASE + "provenance: {python: '3.11'}\n").name == "corpus"
+    with pytest.raises(ConfigError, match=r"runs/x/config\.yaml: not valid YAML at line 27: duplicate key 'name'"):
+        config_from_run_text(BASE + "name: twice\n", source="runs/x/config.yaml")
+    monkeypatch.setattr(RunStore, "config_text", lambda self: edited({"seed": "true"}))
+    with pytest.raises(RunDirectoryError, match=r"/config.yaml: seed: Input should be a valid integer"):
+        resume_run(tmp_path / "run")
