@@ -634,6 +634,9 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
               if getattr(item, "originalname", "") == "test_malformed_input" and hasattr(item, "callspec")}
     root, pycache = tmp_path_factory.mktemp("malformed"), tmp_path_factory.mktemp("pycache")
     chosen = [case for case in CLI_CASES if case.id in wanted]
+    warm = subprocess.run([sys.executable, "-m", "synthloop.cli", "--help"], capture_output=True, check=False,
+                          env={**os.environ, "PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""})
+    assert warm.returncode == 0, warm.stderr  # byte-code written once, before the timed cases
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         outcomes = pool.map(lambda c: run_case(root, c, pycache=pycache), chosen)
         return dict(zip([c.id for c in chosen], outcomes, strict=True))
