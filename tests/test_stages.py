@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,15 @@ from synthloop.budget import CostModel, Planner, UnitCosts
 from synthloop.loop import LoopSettings, Stages, run
 from synthloop.policies import UniformPrompts, WeightedPrompts
 from synthloop.records import Candidates, Observations, Prompts, Scores
+from synthloop.schedules import ScheduleConfig
 from synthloop.select import (
     Passed,
     RewardProportional,
     RewardProportionalWithoutReplacement,
+    SelectorConfig,
     Threshold,
     TopK,
+    make_selector,
 )
 from synthloop.testing import (
     check_prompt_policy,
@@ -277,3 +281,23 @@ def test_a_verifier_priced_by_tokens_is_bounded_before_generation():
     history = run(parts, planner, costs, LoopSettings(chunk_size=64), seed=0)
     assert history[-1].cumulative_cost <= 5000
     assert all(m.cost["verify"] == 100 * m.n_generated for m in history)
+
+
+def _kinds(union: object) -> list[type]:
+    return list(typing.get_args(typing.get_args(union)[0]))
+
+
+@pytest.mark.parametrize("model", _kinds(SelectorConfig), ids=lambda m: m.__name__)
+def test_every_selector_kind_in_the_config_builds_a_conforming_selector(model):
+    kind = typing.get_args(model.model_fields["kind"].annotation)[0]
+    check_selector(make_selector(model(kind=kind)))
+
+
+@pytest.mark.parametrize("model", _kinds(ScheduleConfig), ids=lambda m: m.__name__)
+def test_every_schedule_kind_in_the_config_builds_a_schedule(model):
+    kind = typing.get_args(model.model_fields["kind"].annotation)[0]
+    needed = {"polynomial": {"alpha": 1.0}, "exponential": {"growth": 0.5}, "explicit": {"values": [3, 5]},
+              "gaussian_optimal": {}}.get(kind, {})
+    extra = {} if kind == "explicit" else {"n0": 10.0}
+    schedule = model(kind=kind, **needed, **extra).factory({"sigma": 1.0, "kappa": 1.0})(10.0)
+    assert schedule(0) >= 1 and schedule(1) >= schedule(0)

@@ -27,19 +27,29 @@ from pydantic import (
     model_validator,
 )
 
-from synthloop import schedules
 from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced, plan
 from synthloop.loop import LoopSettings
 from synthloop.names import check_name
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
-from synthloop.select import (
-    Passed,
-    RewardProportional,
-    RewardProportionalWithoutReplacement,
-    Threshold,
-    TopK,
+from synthloop.schedules import (  # noqa: F401  (re-exported: the config edge names every kind)
+    ConstantSchedule,
+    ExplicitSchedule,
+    ExponentialSchedule,
+    GaussianOptimalSchedule,
+    LinearSchedule,
+    PolynomialSchedule,
+    ScheduleConfig,
 )
-from synthloop.strict import Strict
+from synthloop.select import (  # noqa: F401
+    PassedSelector,
+    RewardProportionalSelector,
+    SelectorConfig,
+    ThresholdSelector,
+    TopKSelector,
+    WithoutReplacementSelector,
+    make_selector,
+)
+from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Strict
 from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
 from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
 
@@ -55,8 +65,6 @@ FAMILIES: dict[str, str] = {
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
 
 # Sanity bounds: past these a run cannot finish (or its plan cannot even be computed).
-MAX_ITERATIONS = 10_000
-MAX_SELECTED = 10**9  # n_t, selected samples in one iteration
 MAX_DRAWS = 10**9  # expected draws in one iteration (n_t / acceptance rate)
 MAX_OVERSAMPLE = 10_000
 MAX_SEED = 2**32 - 1
@@ -76,98 +84,6 @@ class Section(BaseModel):
 
 Name = Annotated[str, AfterValidator(check_name)]
 Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
-
-
-# -- schedules ---------------------------------------------------------------------------------
-
-N0 = Annotated[float, Field(gt=0, le=MAX_SELECTED)] | Literal["auto"]
-
-
-class _ScheduleBase(Strict):
-    n0: N0 = "auto"
-    iterations: Iterations | None = None
-
-    @model_validator(mode="after")
-    def _auto_needs_iterations(self) -> _ScheduleBase:
-        if self.n0 == "auto" and self.iterations is None and getattr(self, "kind", "") != "explicit":
-            raise ValueError("n0: 'auto' fits n0 to the budget and needs 'iterations' to be set")
-        return self
-
-
-class ConstantSchedule(_ScheduleBase):
-    kind: Literal["constant"]
-
-
-class LinearSchedule(_ScheduleBase):
-    kind: Literal["linear"]
-    slope: Annotated[float, Field(ge=0, le=MAX_SELECTED)] | None = None
-
-
-class PolynomialSchedule(_ScheduleBase):
-    kind: Literal["polynomial"]
-    alpha: Annotated[float, Field(ge=0, le=100)]
-
-
-class ExponentialSchedule(_ScheduleBase):
-    kind: Literal["exponential"]
-    growth: Annotated[float, Field(gt=0, le=1000)]
-
-
-class GaussianOptimalSchedule(_ScheduleBase):
-    kind: Literal["gaussian_optimal"]
-    sigma: Annotated[float, Field(gt=0)] | None = None  # default: the task's
-    kappa: Annotated[float, Field(gt=0)] | None = None
-
-
-class ExplicitSchedule(Strict):
-    kind: Literal["explicit"]
-    values: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SELECTED)]],
-                      Field(min_length=1, max_length=MAX_ITERATIONS)]
-
-
-ScheduleConfig = Annotated[
-    ConstantSchedule
-    | LinearSchedule
-    | PolynomialSchedule
-    | ExponentialSchedule
-    | GaussianOptimalSchedule
-    | ExplicitSchedule,
-    Field(discriminator="kind"),
-]
-
-
-# -- selectors ---------------------------------------------------------------------------------
-
-
-class RewardProportionalSelector(Strict):
-    kind: Literal["reward_proportional"]
-
-
-class ThresholdSelector(Strict):
-    kind: Literal["threshold"]
-    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
-
-
-class PassedSelector(Strict):
-    kind: Literal["passed"]
-
-
-class TopKSelector(Strict):
-    kind: Literal["top_k"]
-
-
-class WithoutReplacementSelector(Strict):
-    kind: Literal["reward_proportional_without_replacement"]
-
-
-SelectorConfig = Annotated[
-    RewardProportionalSelector
-    | ThresholdSelector
-    | PassedSelector
-    | TopKSelector
-    | WithoutReplacementSelector,
-    Field(discriminator="kind"),
-]
 
 
 # -- budget, loop, eval, compare ---------------------------------------------------------------
@@ -378,38 +294,6 @@ def load_config(path: Path) -> RunConfig:
 # -- from config to loop objects ---------------------------------------------------------------
 
 
-def make_selector(config: SelectorConfig) -> Any:
-    if isinstance(config, ThresholdSelector):
-        return Threshold(threshold=config.threshold)
-    return {
-        "reward_proportional": RewardProportional,
-        "passed": Passed,
-        "top_k": TopK,
-        "reward_proportional_without_replacement": RewardProportionalWithoutReplacement,
-    }[config.kind]()
-
-
-def schedule_factory(config: ScheduleConfig, defaults: Mapping[str, float]) -> Any:
-    """``make(n0) -> Schedule`` for the configured family."""
-    if isinstance(config, ConstantSchedule):
-        return schedules.constant
-    if isinstance(config, LinearSchedule):
-        slope = config.slope
-        return lambda n0: schedules.linear(n0, slope)
-    if isinstance(config, PolynomialSchedule):
-        return lambda n0: schedules.polynomial(n0, config.alpha)
-    if isinstance(config, ExponentialSchedule):
-        return lambda n0: schedules.exponential(n0, config.growth)
-    if isinstance(config, GaussianOptimalSchedule):
-        sigma = config.sigma or defaults.get("sigma")
-        kappa = config.kappa or defaults.get("kappa")
-        if sigma is None or kappa is None:
-            raise ConfigError("schedule: gaussian_optimal needs sigma and kappa (the task has none)")
-        return lambda n0: schedules.gaussian_optimal(n0, sigma, kappa)
-    values = config.values
-    return lambda n0: schedules.explicit(values)
-
-
 def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> Planner:
     """The planner for ``config`` (or for another schedule at the same budget, in a comparison).
 
@@ -422,7 +306,10 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     settings = family.validate(config)
     unit_costs = _unit_costs(config, family, settings)
     acceptance = config.budget.expected_acceptance if config.streams else 1.0 / config.loop.oversample
-    make = schedule_factory(schedule, family.schedule_defaults(settings))
+    try:
+        make = schedule.factory(family.schedule_defaults(settings))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations

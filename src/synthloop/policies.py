@@ -26,10 +26,11 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from synthloop.protocols import Chosen, PromptPool, Task
 from synthloop.records import Observations, Prompts
+from synthloop.strict import Strict
 
 WEIGHTS = "weights.npy"
 
@@ -133,17 +134,13 @@ class WeightedPrompts:
 # -- config -------------------------------------------------------------------------------------
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class UniformConfig(_Config):
+class UniformConfig(Strict):
     """``prompt_policy: {kind: uniform}``: the task's own sampling (the default)."""
 
     kind: Literal["uniform"]
 
 
-class WeightedConfig(_Config):
+class WeightedConfig(Strict):
     """``prompt_policy: {kind: weighted, eta: 0.5, explore: 0.1}``: boosting-style weights."""
 
     kind: Literal["weighted"]

@@ -12,8 +12,13 @@ given budget; the schedule rounds to the nearest integer and never returns less 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Strict
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,93 @@ def gaussian_optimal(n0: float, sigma: float, kappa: float) -> Schedule:
     return Schedule(
         inner.fn, f"gaussian_optimal(n0={n0:g}, sigma={sigma:g}, kappa={kappa:g})"
     )
+
+
+# -- config: each kind's YAML model, beside its schedule ---------------------------------------
+
+N0 = Annotated[float, Field(gt=0, le=MAX_SELECTED)] | Literal["auto"]
+Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
+Make = Callable[[float], Schedule]
+
+
+class _ScheduleConfig(Strict):
+    n0: N0 = "auto"
+    iterations: Iterations | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_iterations(self) -> _ScheduleConfig:
+        if self.n0 == "auto" and self.iterations is None:
+            raise ValueError("n0: 'auto' fits n0 to the budget and needs 'iterations' to be set")
+        return self
+
+
+class ConstantSchedule(_ScheduleConfig):
+    """``schedule: {kind: constant, n0: auto, iterations: 8}``"""
+
+    kind: Literal["constant"]
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return constant
+
+
+class LinearSchedule(_ScheduleConfig):
+    """``schedule: {kind: linear, slope: 2.0, n0: 100}`` (slope defaults to n0)"""
+
+    kind: Literal["linear"]
+    slope: Annotated[float, Field(ge=0, le=MAX_SELECTED)] | None = None
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return lambda n0: linear(n0, self.slope)
+
+
+class PolynomialSchedule(_ScheduleConfig):
+    """``schedule: {kind: polynomial, alpha: 2, n0: auto, iterations: 6}``"""
+
+    kind: Literal["polynomial"]
+    alpha: Annotated[float, Field(ge=0, le=100)]
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return lambda n0: polynomial(n0, self.alpha)
+
+
+class ExponentialSchedule(_ScheduleConfig):
+    """``schedule: {kind: exponential, growth: 0.5, n0: auto, iterations: 6}``"""
+
+    kind: Literal["exponential"]
+    growth: Annotated[float, Field(gt=0, le=1000)]
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return lambda n0: exponential(n0, self.growth)
+
+
+class GaussianOptimalSchedule(_ScheduleConfig):
+    """``schedule: {kind: gaussian_optimal}``: sigma and kappa default to the task's."""
+
+    kind: Literal["gaussian_optimal"]
+    sigma: Annotated[float, Field(gt=0)] | None = None
+    kappa: Annotated[float, Field(gt=0)] | None = None
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        sigma = self.sigma or defaults.get("sigma")
+        kappa = self.kappa or defaults.get("kappa")
+        if sigma is None or kappa is None:
+            raise ValueError("schedule: gaussian_optimal needs sigma and kappa (the task has none)")
+        return lambda n0: gaussian_optimal(n0, sigma, kappa)
+
+
+class ExplicitSchedule(Strict):
+    """``schedule: {kind: explicit, values: [100, 200, 400]}``"""
+
+    kind: Literal["explicit"]
+    values: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SELECTED)]],
+                      Field(min_length=1, max_length=MAX_ITERATIONS)]
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return lambda n0: explicit(self.values)
+
+
+ScheduleConfig = Annotated[
+    ConstantSchedule | LinearSchedule | PolynomialSchedule | ExponentialSchedule | GaussianOptimalSchedule
+    | ExplicitSchedule,
+    Field(discriminator="kind"),
+]

@@ -8,13 +8,15 @@ of an iteration at once (generate-then-select). No selector ever keeps an ERROR 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from synthloop.protocols import Batch
 from synthloop.records import Scores, Verdict
+from synthloop.strict import Strict
 
 
 def _first(mask: npt.NDArray[np.bool_], n_wanted: int) -> npt.NDArray[np.int64]:
@@ -99,3 +101,63 @@ class RewardProportionalWithoutReplacement:
         weights = scores.reward[positive]
         chosen = rng.choice(positive, size=n_wanted, replace=False, p=weights / weights.sum())
         return np.sort(chosen).astype(np.int64)
+
+
+# -- config: each kind's YAML model, beside its selector ---------------------------------------
+
+
+class RewardProportionalSelector(Strict):
+    """``selector: {kind: reward_proportional}`` (the default; Algorithm 1)"""
+
+    kind: Literal["reward_proportional"]
+
+    def build(self) -> RewardProportional:
+        return RewardProportional()
+
+
+class ThresholdSelector(Strict):
+    """``selector: {kind: threshold, threshold: 0.5}``"""
+
+    kind: Literal["threshold"]
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+    def build(self) -> Threshold:
+        return Threshold(threshold=self.threshold)
+
+
+class PassedSelector(Strict):
+    """``selector: {kind: passed}`` (STaR, ReST-EM)"""
+
+    kind: Literal["passed"]
+
+    def build(self) -> Passed:
+        return Passed()
+
+
+class TopKSelector(Strict):
+    """``selector: {kind: top_k}`` (batch: draws N_t = oversample * n_t)"""
+
+    kind: Literal["top_k"]
+
+    def build(self) -> TopK:
+        return TopK()
+
+
+class WithoutReplacementSelector(Strict):
+    """``selector: {kind: reward_proportional_without_replacement}`` (batch)"""
+
+    kind: Literal["reward_proportional_without_replacement"]
+
+    def build(self) -> RewardProportionalWithoutReplacement:
+        return RewardProportionalWithoutReplacement()
+
+
+SelectorConfig = Annotated[
+    RewardProportionalSelector | ThresholdSelector | PassedSelector | TopKSelector | WithoutReplacementSelector,
+    Field(discriminator="kind"),
+]
+
+
+def make_selector(config: SelectorConfig) -> RewardProportional | Threshold | Passed | TopK | \
+        RewardProportionalWithoutReplacement:
+    return config.build()

@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from synthloop.yamlio import shown
 
+# Sanity bounds shared by every section: past these a run cannot finish.
+MAX_ITERATIONS = 10_000
+MAX_SELECTED = 10**9  # n_t, selected samples in one iteration
+
 
 class Strict(BaseModel):
     """Base of every config section: unknown keys are refused and values are checked, not coerced.

@@ -23,11 +23,12 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from synthloop.protocols import TrainingSet
 from synthloop.records import Candidates, Prompts, Scores
 from synthloop.store import candidates_table, records_from_table
+from synthloop.strict import Strict
 
 POOL, POOL_PROMPTS = "pool.parquet", "pool-prompts.parquet"
 
@@ -153,23 +154,19 @@ def _read(path: Path) -> Candidates:
 # -- config -------------------------------------------------------------------------------------
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ThisIterationConfig(_Config):
+class ThisIterationConfig(Strict):
     """``training_set: {kind: this_iteration}``: the iteration's selection (the default)."""
 
     kind: Literal["this_iteration"]
 
 
-class AccumulateConfig(_Config):
+class AccumulateConfig(Strict):
     """``training_set: {kind: accumulate}``: everything selected so far."""
 
     kind: Literal["accumulate"]
 
 
-class MixConfig(_Config):
+class MixConfig(Strict):
     """``training_set: {kind: mix, alpha: 0.2}``: a share alpha of outside labeled rows."""
 
     kind: Literal["mix"]
