@@ -302,8 +302,9 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
 
     cfg = parse_config(config(tmp_path))
     history = run_config(cfg, run_dir=tmp_path / "run")
-    manifest = RunStore(tmp_path / "run").manifest()
-    initial = manifest["initial"]["metrics"]["accuracy"]
+    committed = RunStore(tmp_path / "run").manifest().initial
+    assert committed is not None
+    initial = committed.metrics["accuracy"]
     final = history[-1]["eval"]["accuracy"]
     curve = [initial] + [m["eval"]["accuracy"] for m in history]
     assert len(history) == 5 and all(m["n_selected"] == 128 for m in history)

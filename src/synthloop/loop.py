@@ -112,7 +112,7 @@ def run(
                       keep_checkpoints=settings.keep_checkpoints)
     initial = journal.initial(
         parts.task, lambda: parts.task.evaluate(parts.learner.model, rng=rng_for(seed, 1, EVALUATE)))
-    history = journal.restore(parts.learner, ledger)
+    history = journal.restore({"learner": parts.learner}, ledger)
     acceptance, unit_costs = planner.acceptance_rate, planner.unit_costs
     for metrics in history:  # what the planner had measured when the run stopped
         acceptance, unit_costs = _measured(metrics, acceptance, unit_costs)
@@ -311,7 +311,8 @@ def _finish(
         faults.point("evaluate", str(t))
     metrics = _metrics(t, it, ledger, cut=cut, started=started, train=train_metrics, evaluation=evaluation)
     metrics["exhausted"] = exhausted
-    journal.commit_iteration(t, [(p, ix, c, s) for p, ix, c, _, s in it.kept], parts.learner, ledger, metrics)
+    journal.commit_iteration(t, [(p, ix, c, s) for p, ix, c, _, s in it.kept], {"learner": parts.learner}, ledger,
+                             metrics)
     return metrics
 
 

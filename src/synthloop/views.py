@@ -1,21 +1,34 @@
 """Reading finished or stopped runs: summaries for ``inspect`` and ``report``, and data export.
 
-Everything here reads through :class:`~synthloop.store.RunStore`, so every file is checked against
-the manifest before use; iteration summaries come from the manifest, which carries its own sha256.
+Everything here reads through :class:`~synthloop.store.RunStore` and checks what it reads: the size
+of every file the run lists, always, and the sha256 of every file it opens (of every file at all for
+``inspect``, which also checks ``manifest.backup.json``). A damaged file stops it with one line
+naming the file. Readers take no lock: if a writer commits while they read (and deletes files the
+state they started from listed), they read again from the new state.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import yaml
 
-from synthloop.store import RunDirectoryError, RunStore, atomic_write_bytes, table_bytes
+from synthloop.store import (
+    MANIFEST,
+    MANIFEST_BACKUP,
+    IntegrityError,
+    RunDirectoryError,
+    RunStore,
+    atomic_write_bytes,
+    table_bytes,
+)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,22 +56,49 @@ class RunSummary:
                 f"{self.budget:g} {self.unit} ({100 * spent / self.budget:.1f}%); {state}")
 
 
-def run_summary(run_dir: Path) -> RunSummary:
-    store = RunStore(run_dir)
+def consistently(run_dir: Path, read: Callable[[RunStore], T], *, attempts: int = 5) -> T:
+    """``read(store)``, again from the new state if a writer committed meanwhile and a file the old
+    state listed failed its check (it may have been deleted by that commit)."""
+    for attempt in range(attempts):
+        before = _bytes(Path(run_dir) / MANIFEST)
+        try:
+            return read(RunStore(run_dir))
+        except IntegrityError:
+            if attempt == attempts - 1 or _bytes(Path(run_dir) / MANIFEST) == before:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def run_summary(run_dir: Path, *, content: bool = False) -> RunSummary:
+    """A run's summary, after checking every file's size (``content``: every file's sha256 too)."""
+    return consistently(run_dir, lambda store: _summary(store, content=content))
+
+
+def _summary(store: RunStore, *, content: bool) -> RunSummary:
     manifest = store.manifest()
     config = yaml.safe_load(store.config_text())
-    task = json.dumps(config.get("task"), sort_keys=True)
-    committed_initial = manifest.get("initial") or {}
-    initial = committed_initial.get("metrics", {})
-    primary, higher = committed_initial.get("primary_metric", ""), committed_initial.get("higher_is_better")
+    store.verify(content=content)
+    if content:
+        store.read_manifest(MANIFEST_BACKUP)
+    open_ = store.open_iteration()
+    initial = manifest.initial
     return RunSummary(
-        path=Path(run_dir), name=str(config.get("name", Path(run_dir).name)), task=task,
-        primary=primary, higher_is_better=higher, budget=float(config["budget"]["total"]),
-        unit=str(config["budget"].get("unit", "samples")), schedule=_schedule_label(config["schedule"]),
-        initial=dict(initial), iterations=[dict(e["summary"]) for e in manifest["iterations"]],
-        open_parts=len(manifest["open"]["parts"]) if manifest.get("open") else 0,
-        finished=bool(manifest.get("finished")),
-        ledger=[r for e in manifest["iterations"] for r in e["ledger"]],
+        path=store.root, name=str(config.get("name", store.root.name)),
+        task=json.dumps(config.get("task"), sort_keys=True),
+        primary=initial.primary_metric if initial else "",
+        higher_is_better=initial.higher_is_better if initial else None,
+        budget=float(config["budget"]["total"]), unit=str(config["budget"].get("unit", "samples")),
+        schedule=_schedule_label(config["schedule"]), initial=dict(initial.metrics) if initial else {},
+        iterations=[store.metrics(e.iteration) for e in manifest.iterations],
+        open_parts=len(open_.parts) if open_ else 0, finished=manifest.finished,
+        ledger=store.ledger().to_pylist(),
     )
 
 
@@ -73,15 +113,7 @@ def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
     Both load with ``datasets.load_dataset("parquet" | "json", data_files=...)``. Array samples become
     fixed-size lists (Parquet) or nested lists (JSON); ids are ``iteration``, ``part``, ``index``.
     """
-    store = RunStore(run_dir)
-    committed = [e["iteration"] for e in store.manifest()["iterations"]]
-    if not committed:
-        raise RunDirectoryError(f"{run_dir}: no committed iteration to export yet")
-    chosen = committed[-1] if iteration == -1 else iteration
-    if chosen not in committed:
-        raise RunDirectoryError(f"{run_dir}: iteration {chosen} is not committed (committed: "
-                                f"{committed[0]}..{committed[-1]})")
-    table = _plain(store.selected(chosen))
+    table = consistently(run_dir, lambda store: _selected(store, iteration))
     if out.suffix == ".jsonl":
         lines = [json.dumps(row, allow_nan=True) for row in table.to_pylist()]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode() if lines else b"")
@@ -90,6 +122,19 @@ def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
     else:
         raise RunDirectoryError(f"{out}: the export format comes from the suffix: .parquet or .jsonl")
     return table.num_rows
+
+
+def _selected(store: RunStore, iteration: int) -> pa.Table:
+    committed = [e.iteration for e in store.manifest().iterations]
+    if not committed:
+        raise RunDirectoryError(f"{store.root}: no committed iteration to export yet")
+    chosen = committed[-1] if iteration == -1 else iteration
+    if chosen not in committed:
+        raise RunDirectoryError(f"{store.root}: iteration {chosen} is not committed (committed: "
+                                f"{committed[0]}..{committed[-1]})")
+    store.config_text()
+    store.verify(content=False)
+    return _plain(store.selected(chosen))
 
 
 def _plain(table: pa.Table) -> pa.Table:
