@@ -1,23 +1,34 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the whole suite.
-# Both create .venv on first use. torch is installed first, from its pinned CPU build, so that the
-# ML extras never pull a CUDA build.
+# Both create .venv on first use, with the exact versions in constraints.txt (the ones the suite was
+# last run with), so a fresh clone installs what passed. torch is installed first, from its pinned CPU
+# build, so that the ML extras never pull a CUDA build.
+# `make test-latest` (not in CI) runs the suite against the newest releases instead, in .venv-latest;
+# `make constraints` then rewrites constraints.txt from that environment.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LATEST ?= .venv-latest
 TORCH ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+EXTRAS := .[dev,diffusion,hf,trl,tensorboard,mlflow]
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# An environment's packages as pins: less the project itself, local version tags (torch's +cpu) and
+# torch's CUDA wheels.
+PINS := -m pip freeze --all --exclude-editable | grep -Ev '^(\#|synthloop==|nvidia-|triton==)' \
+	| sed -E 's/\+[a-z0-9.]+$$//'
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-latest constraints lint bench clean
 
-$(VENV)/.core: pyproject.toml
+$(VENV)/.core: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e .
 	touch $@
 
 $(VENV)/.full: $(VENV)/.core
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,diffusion,hf,trl,tensorboard,mlflow]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e "$(EXTRAS)"
 	touch $@
 
 demo: $(VENV)/.core
@@ -26,9 +37,28 @@ demo: $(VENV)/.core
 test: $(VENV)/.full
 	$(OFFLINE) $(PY) -m pytest
 
+# A new environment every time, so "newest" means the newest today. torch stays pinned: it is named
+# again beside the extras so that none of them can upgrade it.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)" -e "$(EXTRAS)"
+	@echo "changed since $(CONSTRAINTS) (< pinned, > newest):"
+	@$(LATEST)/bin/python $(PINS) | diff <(grep -v '^\#' $(CONSTRAINTS)) - | grep '^[<>]' || true
+	$(OFFLINE) $(LATEST)/bin/python -m pytest
+
+# Pin what an environment that passed has installed (default: the one test-latest made; FROM=.venv
+# for the other); the comment lines at the top of the file are kept.
+FROM ?= $(LATEST)
+constraints:
+	{ grep '^\#' $(CONSTRAINTS); $(FROM)/bin/python $(PINS); } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
 lint: $(VENV)/.full
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache .mypy_cache .ruff_cache

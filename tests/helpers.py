@@ -39,6 +39,6 @@ def final_rewards(problem: GaussianProblem, planner: Planner, *, seeds: int, ste
     for seed in range(seeds):
         history = run(gaussian_components(problem, step=step), planner, TRAIN_ONLY,
                       LoopSettings(), seed=seed)
-        finals.append(history[-1]["eval"]["reward"])
-        counts.add(tuple(m["n_selected"] for m in history))
+        finals.append(history[-1].eval["reward"])
+        counts.add(tuple(m.n_selected for m in history))
     return np.asarray(finals), counts

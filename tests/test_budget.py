@@ -147,14 +147,14 @@ def test_runs_never_exceed_budget(budget, c_generate, c_verify, c_train, growth,
                       unit_costs=UnitCosts(c_generate + c_verify, c_train), acceptance_rate=0.3, n0=n0)
     history = run(gaussian_components(problem, selector=chosen), planner, costs,
                   LoopSettings(mode=mode, chunk_size=chunk, max_draws_per_selected=200), seed=seed)
-    spent = history[-1]["cumulative_cost"] if history else 0.0
+    spent = history[-1].cumulative_cost if history else 0.0
     assert spent <= budget * (1 + 1e-12) + 1e-9
-    assert all(m["n_selected"] >= 1 for m in history[:-1])
-    assert not any(m["exhausted"] for m in history[:-1])
-    first_cut = next((k for k, m in enumerate(history) if m["cut"]), len(history))
-    assert all(m["cut"] for m in history[first_cut:])
-    assert all(m["n_selected"] <= m["n_target"] for m in history)
-    charged = sum(m["iteration_cost"] for m in history)
+    assert all(m.n_selected >= 1 for m in history[:-1])
+    assert not any(m.exhausted for m in history[:-1])
+    first_cut = next((k for k, m in enumerate(history) if m.cut), len(history))
+    assert all(m.cut for m in history[first_cut:])
+    assert all(m.n_selected <= m.n_target for m in history)
+    charged = sum(m.iteration_cost for m in history)
     assert charged == pytest.approx(spent)
 
 
@@ -168,6 +168,6 @@ def test_a_cut_iteration_that_comes_in_under_plan_does_not_end_the_run():
     assert planner.plan()[0].cut and planner.plan()[0].n_selected == 45
     history = run(gaussian_components(problem, selector=Threshold(threshold=-math.inf)), planner, costs,
                   LoopSettings(mode="accept", chunk_size=64), seed=0)
-    assert history[0]["cut"] and not history[0]["exhausted"] and history[0]["cumulative_cost"] < 250.0
-    assert len(history) > 1 and all(m["cut"] for m in history)
-    assert history[-1]["cumulative_cost"] >= 498.0  # not one more kept sample (2 units) fits
+    assert history[0].cut and not history[0].exhausted and history[0].cumulative_cost < 250.0
+    assert len(history) > 1 and all(m.cut for m in history)
+    assert history[-1].cumulative_cost >= 498.0  # not one more kept sample (2 units) fits

@@ -18,19 +18,21 @@ pytest.importorskip("diffusers")
 
 from diffusers import UNet2DModel  # noqa: E402
 
-from synthloop.configs import ConfigError, RunConfig, parse_config  # noqa: E402
+from synthloop.configs import ConfigError, RunConfig, load_config, parse_config  # noqa: E402
 from synthloop.experiments import build_components, run_config  # noqa: E402
+from synthloop.families import digits as digits_family  # noqa: E402
 from synthloop.loop import Components  # noqa: E402
 from synthloop.models import diffusion  # noqa: E402
 from synthloop.models.diffusion import (  # noqa: E402
     DenoisingGenerator,
     NoisePredictionLearner,
+    UNetSpec,
     forward_flops,
     load_checkpoint,
-    psnr,
 )
+from synthloop.models.unet_flops import unet_forward_flops  # noqa: E402
 from synthloop.records import Candidates, Prompts, Verdict  # noqa: E402
-from synthloop.tasks.digits import PSNRVerifier, load_mnist, natural_patches  # noqa: E402
+from synthloop.tasks.digits import PSNRVerifier, load_mnist, natural_patches, psnr  # noqa: E402
 from synthloop.testing import (  # noqa: E402
     check_evaluation,
     check_generator,
@@ -108,6 +110,37 @@ def test_generator_conforms_and_reports_usage(parts: Components) -> None:
     flops = forward_flops(parts.learner.model.unet)
     np.testing.assert_allclose(candidates.usage["flops"], NOISE_STEP * flops)
     assert parts.generator.max_usage_per_draw()["forward_passes"] == NOISE_STEP
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("digits-*.yaml")))
+def test_planned_flops_equal_the_counted_flops_of_the_example_unets(example: str) -> None:
+    """Planning prices FLOPs from the UNet's shape; the count must be FlopCounterMode's on the UNet
+    that ``build`` makes, or plans would drift from what the ledger charges."""
+    config = load_config(EXAMPLES / example)
+    settings = digits_family.FAMILY.validate(config)
+    spec = digits_family.pretrain_spec(settings).unet
+    counted = forward_flops(spec.build())
+    assert digits_family.forward_flops(settings) == counted
+    usage = digits_family.FAMILY.usage_per_draw(settings)
+    assert usage["flops"] == settings.task.noise_step * counted
+
+
+@pytest.mark.parametrize("spec", [
+    UNetSpec(),  # the tests' own model
+    UNetSpec(sample_size=16, channels=3, block_out_channels=(32, 64, 64), layers_per_block=2),
+    UNetSpec(sample_size=28, channels=1, block_out_channels=(16, 32, 64), layers_per_block=1),
+    UNetSpec(sample_size=8, channels=2, block_out_channels=(16, 32, 64, 128), layers_per_block=3,
+             norm_num_groups=16),
+    UNetSpec(sample_size=8, channels=1, block_out_channels=(16,)),
+])
+def test_unet_flops_formula_equals_the_flop_counter_on_other_shapes(spec: UNetSpec) -> None:
+    formula = unet_forward_flops(sample_size=spec.sample_size, channels=spec.channels,
+                                 block_out_channels=spec.block_out_channels,
+                                 layers_per_block=spec.layers_per_block)
+    assert formula == forward_flops(spec.build())
 
 
 def test_ddim_sampler_conforms(parts: Components) -> None:
@@ -310,14 +343,14 @@ def test_short_run_raises_psnr_and_ledger_counts_every_unet_call(cache: Path) ->
         history = run_config(config, run_dir=None, components=parts)
     finally:
         handle.remove()
-    generated = sum(m["cost"]["generate"] for m in history)
-    trained = sum(m["cost"]["train"] for m in history)
-    evaluations = 1 + sum(1 for m in history if m["eval"])
-    assert [m["n_selected"] for m in history] == [32, 32, 32, 32]
-    assert generated == NOISE_STEP * sum(m["n_generated"] for m in history)
-    assert trained == 4 * 32 == 8 * sum(m["train"]["optimizer_steps"] for m in history)
-    planning = 1  # the planner counts the FLOPs of one forward pass of one image
-    assert images_through_unet == generated + trained + evaluations * N_EVAL * NOISE_STEP + planning
+    generated = sum(m.cost["generate"] for m in history)
+    trained = sum(m.cost["train"] for m in history)
+    evaluations = 1 + sum(1 for m in history if m.eval)
+    assert [m.n_selected for m in history] == [32, 32, 32, 32]
+    assert generated == NOISE_STEP * sum(m.n_generated for m in history)
+    assert trained == 4 * 32 == 8 * sum(m.train["optimizer_steps"] for m in history)
+    # planning prices FLOPs from the UNet's shape (models/unet_flops.py): it runs no forward pass
+    assert images_through_unet == generated + trained + evaluations * N_EVAL * NOISE_STEP
     start = parts.task.evaluate(build_components(config).learner.model, rng=np.random.default_rng(0))["psnr"]
-    final = history[-1]["eval"]["psnr"]
+    final = history[-1].eval["psnr"]
     assert final > start + 1.0, f"held-out PSNR went from {start:.2f} to {final:.2f} dB"

@@ -19,7 +19,7 @@ pytest.importorskip("reasoning_gym")
 pytest.importorskip("math_verify")
 
 from synthloop.configs import ConfigError, parse_config  # noqa: E402
-from synthloop.models.hf import HFGenerator, HFModel, LoraSettings, SFTLearner  # noqa: E402
+from synthloop.models.hf import HFGenerator, HFModel, KVCache, LoraSettings, SFTLearner  # noqa: E402
 from synthloop.models.scratch import TinyGPT2Config, tiny_gpt2, train_tokenizer  # noqa: E402
 from synthloop.records import Candidates, Prompts, Verdict  # noqa: E402
 from synthloop.tasks.math import (  # noqa: E402
@@ -178,6 +178,22 @@ def test_left_padding_gives_the_same_greedy_answer_alone_or_in_a_batch(tokenizer
     assert together == alone
 
 
+def test_cached_decoding_equals_recomputing_the_whole_sequence(tokenizer: object) -> None:
+    """The KV cache is fed under the name the installed transformers reads: a cache passed under a
+    name the model ignored would leave each step seeing one token only."""
+    model = tiny(tokenizer, seed=3)
+    network = model.network.eval()
+    ids = torch.tensor([model.tokenizer("Question: 1 + 2 =\nAnswer:")["input_ids"]])
+    cache, step_ids, sequence = KVCache(), ids, ids
+    with torch.no_grad():
+        for _ in range(6):
+            logits = cache.forward(network, input_ids=step_ids)
+            full = network(input_ids=sequence, use_cache=False).logits[:, -1, :]
+            torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-5)
+            step_ids = logits.argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, step_ids], dim=1)
+
+
 def test_stop_strings_cut_the_completion(tokenizer: object) -> None:
     model = tiny(tokenizer, seed=2)
     prompts = Prompts(index=np.arange(1), items={"prompt": ["Question: 1 + 2 =\nAnswer:"]})
@@ -305,20 +321,20 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     committed = RunStore(tmp_path / "run").manifest().initial
     assert committed is not None
     initial = committed.metrics["accuracy"]
-    final = history[-1]["eval"]["accuracy"]
-    curve = [initial] + [m["eval"]["accuracy"] for m in history]
-    assert len(history) == 5 and all(m["n_selected"] == 128 for m in history)
-    assert history[-1]["cumulative_cost"] <= 400_000
+    final = history[-1].eval["accuracy"]
+    curve = [initial] + [m.eval["accuracy"] for m in history]
+    assert len(history) == 5 and all(m.n_selected == 128 for m in history)
+    assert history[-1].cumulative_cost <= 400_000
     # STaR / Spend Wisely on an easy task: held-out greedy accuracy and the acceptance rate both rise.
     assert final >= initial + 0.08, curve
     # acceptance is accepted / drawn (draws past n_t counted too), on training prompts at temperature
     # 0.7: it follows accuracy, about 0.11 -> 0.20 here
-    assert history[-1]["acceptance_rate"] > 1.5 * history[0]["acceptance_rate"]
+    assert history[-1].acceptance_rate > 1.5 * history[0].acceptance_rate
     ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
     generated = sum(r["cost"] for r in ledger if r["stage"] == "generate")
     trained = sum(r["cost"] for r in ledger if r["stage"] == "train")
     assert generated > 0 and trained > 0  # both priced in tokens
-    assert trained == pytest.approx(sum(m["train"]["trained_tokens"] for m in history))
+    assert trained == pytest.approx(sum(m.train["trained_tokens"] for m in history))
     assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()
 
 
@@ -334,6 +350,28 @@ def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: objec
                                                  labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
         trimmed = learner._loss_sum(learner.model.network, ids, labels, mask, min(k for _, k in examples))
     assert float(trimmed) == pytest.approx(float(full), rel=1e-5)
+
+
+def test_planning_prompt_lengths_table_equals_the_measurement() -> None:
+    """``PROMPT_CHARS`` spares planning the reasoning-gym import; it must hold what the
+    measurement gives, for every math example, or plans would drift with reasoning-gym."""
+    from synthloop.configs import load_config
+    from synthloop.families import math as math_family
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("math-*.yaml"))
+    assert examples
+    keys = set()
+    for path in examples:
+        task = math_family.FAMILY.validate(load_config(path)).task
+        keys.add(math_family.planning_key(task))
+        assert math_family.planning_key(task) in math_family.PROMPT_CHARS, path.name
+        assert math_family.prompt_chars(task) == math_family.measured_prompt_chars(task), path.name
+    assert keys == set(math_family.PROMPT_CHARS)  # no stale entries
+    other = parse_config(config(Path("."), task={"kind": "math", "shots": 2, "levels": [
+        {"name": "b", "dataset": "basic_arithmetic", "params": {"min_terms": 2, "max_terms": 3}}]}))
+    task = math_family.FAMILY.validate(other).task
+    assert math_family.planning_key(task) not in math_family.PROMPT_CHARS
+    assert math_family.prompt_chars(task) == math_family.measured_prompt_chars(task) > 100
 
 
 def test_cli_plans_the_example_configs_and_rejects_a_bad_one(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_conformance_catches_a_nondeterministic_generator():
 
 def _timeless(history):
     """Metrics without wall-clock seconds, the one thing a seed does not fix."""
-    return [{k: v for k, v in m.items() if k != "seconds"} for m in history]
+    return [{k: v for k, v in m.to_json().items() if k != "seconds"} for m in history]
 
 
 def test_same_seed_same_run_and_other_seed_differs():
@@ -68,7 +68,7 @@ def test_same_seed_same_run_and_other_seed_differs():
     b = run(gaussian_components(PROBLEM), _planner(), TRAIN_ONLY, LoopSettings(chunk_size=50), seed=3)
     c = run(gaussian_components(PROBLEM), _planner(), TRAIN_ONLY, LoopSettings(chunk_size=50), seed=4)
     assert _timeless(a) == _timeless(b)
-    assert [m["selected_sha256"] for m in a] != [m["selected_sha256"] for m in c]
+    assert [m.selected_sha256 for m in a] != [m.selected_sha256 for m in c]
 
 
 def test_algorithm1_keeps_exactly_n_t_and_acceptance_matches_theory():
@@ -79,10 +79,10 @@ def test_algorithm1_keeps_exactly_n_t_and_acceptance_matches_theory():
                       acceptance_rate=0.5, n0=20_000, max_iterations=1)
     history = run(gaussian_components(problem), planner, TRAIN_ONLY, LoopSettings(), seed=0)
     (first,) = history
-    assert first["n_selected"] == first["n_target"] == 20_000
+    assert first.n_selected == first.n_target == 20_000
     expected = float(problem.reward_of(np.array([0.5])))
     # N_t is negative binomial: acceptance = n / N within a few standard errors of r(theta).
-    assert first["acceptance_rate"] == pytest.approx(expected, rel=0.03)
+    assert first.acceptance_rate == pytest.approx(expected, rel=0.03)
 
 
 def test_select_mode_draws_oversample_times_n_and_keeps_the_best():
@@ -90,17 +90,17 @@ def test_select_mode_draws_oversample_times_n_and_keeps_the_best():
                       n0=100, max_iterations=3)
     history = run(gaussian_components(PROBLEM, selector=TopK()), planner, TRAIN_ONLY,
                   LoopSettings(mode="select", oversample=4.0, chunk_size=128), seed=0)
-    assert [m["n_generated"] for m in history] == [400, 400, 400]
-    assert [m["n_selected"] for m in history] == [100, 100, 100]
+    assert [m.n_generated for m in history] == [400, 400, 400]
+    assert [m.n_selected for m in history] == [100, 100, 100]
 
 
 def test_the_last_iteration_is_cut_to_fit_and_recorded():
     planner = Planner(make=schedules.constant, budget=250, unit_costs=UnitCosts(0, 1), acceptance_rate=0.5,
                       n0=100)
     history = run(gaussian_components(PROBLEM), planner, TRAIN_ONLY, LoopSettings(), seed=0)
-    assert [m["n_selected"] for m in history] == [100, 100, 50]
-    assert [m["cut"] for m in history] == [False, False, True]
-    assert history[-1]["cumulative_cost"] == 250
+    assert [m.n_selected for m in history] == [100, 100, 50]
+    assert [m.cut for m in history] == [False, False, True]
+    assert history[-1].cumulative_cost == 250
 
 
 def test_generation_cost_cuts_an_iteration_that_cannot_finish():
@@ -111,9 +111,9 @@ def test_generation_cost_cuts_an_iteration_that_cannot_finish():
     planner = Planner(make=schedules.constant, budget=500, unit_costs=UnitCosts(1, 1), acceptance_rate=1.0,
                       n0=100)
     history = run(gaussian_components(problem), planner, costs, LoopSettings(chunk_size=64), seed=0)
-    assert history[-1]["cut"]
-    assert history[-1]["n_selected"] < 100
-    assert history[-1]["cumulative_cost"] <= 500
+    assert history[-1].cut
+    assert history[-1].n_selected < 100
+    assert history[-1].cumulative_cost <= 500
 
 
 def test_run_directory_layout_and_contents(tmp_path):
@@ -126,23 +126,23 @@ def test_run_directory_layout_and_contents(tmp_path):
     assert manifest["initial"]["metrics"]["gap"] > 0
     for t, metrics in enumerate(history):
         folder = tmp_path / "run" / f"iter-{t:04d}"
-        assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+        assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(metrics.to_json()))
         parts = sorted((folder / "candidates").glob("part-*.parquet"))
-        assert len(parts) == metrics["n_parts"]
+        assert len(parts) == metrics.n_parts
         rows = sum(pq.read_metadata(p).num_rows for p in parts)
-        assert rows == metrics["n_generated"]
+        assert rows == metrics.n_generated
         selected = pq.read_table(folder / "selected.parquet")
-        assert selected.num_rows == metrics["n_selected"]
+        assert selected.num_rows == metrics.n_selected
         x = column_to_numpy(selected, "sample.x")
-        assert x.shape == (metrics["n_selected"], 2)
+        assert x.shape == (metrics.n_selected, 2)
         # Checkpoints of the last K (= 3 by default) iterations are kept, older ones pruned.
         assert (folder / "checkpoint" / "learner" / "theta.json").exists() == (t >= len(history) - 3)
     # The learner checkpoint of the last iteration is the model the run ended with.
     last = json.loads((tmp_path / "run" / f"iter-{len(history) - 1:04d}" / "checkpoint" / "learner" / "theta.json").read_text())
     gap = PROBLEM.optimal_reward - float(PROBLEM.reward_of(np.array(last["theta"])))
-    assert gap == pytest.approx(history[-1]["eval"]["gap"])
+    assert gap == pytest.approx(history[-1].eval["gap"])
     ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()
-    assert sum(r["cost"] for r in ledger) == pytest.approx(history[-1]["cumulative_cost"])
+    assert sum(r["cost"] for r in ledger) == pytest.approx(history[-1].cumulative_cost)
 
 
 @pytest.mark.parametrize("storage", ["selected", "none"])
@@ -200,8 +200,8 @@ def test_acceptance_estimate_is_not_biased_by_parts_that_overshoot_small_targets
                       acceptance_rate=0.1, n0=16, max_iterations=40)
     history = run(parts, planner, costs, LoopSettings(mode="accept", chunk_size=1024), seed=3)
     later = history[5:]
-    assert all(m["n_selected"] == 16 for m in history)
-    assert all(m["n_accepted"] >= m["n_selected"] for m in history)
-    assert np.mean([m["acceptance_rate"] for m in later]) == pytest.approx(0.5, abs=0.05)
-    draws_per_kept = sum(m["n_generated"] for m in later) / sum(m["n_selected"] for m in later)
+    assert all(m.n_selected == 16 for m in history)
+    assert all(m.n_accepted >= m.n_selected for m in history)
+    assert np.mean([m.acceptance_rate for m in later]) == pytest.approx(0.5, abs=0.05)
+    draws_per_kept = sum(m.n_generated for m in later) / sum(m.n_selected for m in later)
     assert draws_per_kept < 2.6

@@ -315,6 +315,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
     assert RunStore(tmp_path / "run").clean() == []  # the lock went with the process
 
 

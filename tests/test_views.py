@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 from crashsafe_support import CRASH_CONFIG, FAST
 from synthloop.cli import app
 from synthloop.configs import load_config
+from synthloop.events import Event, IterationDone, PartDone, Started
 from synthloop.experiments import run_config
 from synthloop.progress import RunProgress, fan_out
+from synthloop.records import IterationRecord
 from synthloop.report import comparability_notes
 from synthloop.store import RunStore
 
@@ -126,19 +128,19 @@ def test_export_refuses_a_file_that_failed_its_check(runs: list[Path], tmp_path:
 # -- progress ----------------------------------------------------------------------------------
 
 
-def _events(run_dir: Path) -> list[tuple[str, dict[str, object]]]:
+def _events(run_dir: Path) -> list[Event]:
     manifest = RunStore(run_dir).manifest()
-    history = [e.summary for e in manifest.iterations]
+    history = [IterationRecord.from_json(e.summary) for e in manifest.iterations]
     from synthloop.budget import PlannedIteration
 
-    plan = [PlannedIteration(i, m["n_target"], 0.0, 0.0, float(m["cumulative_cost"])) for i, m in enumerate(history)]
-    events: list[tuple[str, dict[str, object]]] = [("start", {"initial": manifest.initial.metrics,  # type: ignore[union-attr]
-                                                              "plan": plan, "resumed": 0, "spent": 0.0,
-                                                              "total": 800.0})]
+    assert manifest.initial is not None
+    plan = [PlannedIteration(i, m.n_target, 0.0, 0.0, float(m.cumulative_cost)) for i, m in enumerate(history)]
+    events: list[Event] = [Started(initial=manifest.initial.metrics, plan=plan, resumed=0, spent=0.0,
+                                   total=800.0)]
     for m in history:
-        events.append(("part", {"iteration": m["iteration"], "kept": m["n_selected"], "target": m["n_target"],
-                                "generated": m["n_generated"], "spent": m["cumulative_cost"], "total": 800.0}))
-        events.append(("iteration", m))
+        events.append(PartDone(iteration=m.iteration, kept=m.n_selected, target=m.n_target,
+                               generated=m.n_generated, spent=m.cumulative_cost, total=800.0))
+        events.append(IterationDone(m))
     return events
 
 
@@ -147,8 +149,8 @@ def test_progress_without_a_terminal_prints_plain_lines(runs: list[Path]) -> Non
 
     stream = io.StringIO()
     with RunProgress(console=Console(file=io.StringIO(), force_terminal=False), interval=0.0, stream=stream) as progress:
-        for event, payload in _events(runs[0]):
-            progress(event, payload)
+        for event in _events(runs[0]):
+            progress(event)
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[synthloop] plan: 8 iterations")
     assert any(re.match(r"\[synthloop\] iteration 0: kept \d+/\d+, drawn \d+, budget .* rate .*/s, ETA ", line)
@@ -163,8 +165,8 @@ def test_progress_on_a_terminal_shows_a_live_display(runs: list[Path]) -> None:
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=140)
     with RunProgress(console=console) as progress:
-        for event, payload in _events(runs[0]):
-            progress(event, payload)
+        for event in _events(runs[0]):
+            progress(event)
     text = screen.getvalue()
     assert "budget" in text and "iteration 7" in text and "kept" in text and "rate" in text
 
@@ -178,8 +180,8 @@ def test_rate_and_eta() -> None:
 
 def test_fan_out_passes_every_event_to_each() -> None:
     seen: list[str] = []
-    report = fan_out(lambda e, p: seen.append(f"a:{e}"), lambda e, p: seen.append(f"b:{e}"))
-    report("part", {})
+    report = fan_out(lambda e: seen.append(f"a:{e.kind}"), lambda e: seen.append(f"b:{e.kind}"))
+    report(PartDone(iteration=0, kept=1, target=2, generated=3, spent=1.0, total=2.0))
     assert seen == ["a:part", "b:part"]
 
 
@@ -193,8 +195,8 @@ def test_tensorboard_tracker_writes_readable_event_files(runs: list[Path], tmp_p
     from synthloop.trackers import TensorBoardTracker
 
     tracker = TensorBoardTracker(tmp_path / "tb")
-    for event, payload in _events(runs[0]):
-        tracker(event, payload)
+    for event in _events(runs[0]):
+        tracker(event)
     tracker.close()
     history = [e.summary for e in RunStore(runs[0]).manifest().iterations]
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -222,8 +224,8 @@ def test_mlflow_tracker_logs_to_a_local_store(backend: str, runs: list[Path], tm
         # MLflow's SQL store uses SQLAlchemy options that SQLAlchemy 2.1 deprecates: not ours to fix.
         warnings.simplefilter("ignore", DeprecationWarning)
         tracker = MLflowTracker(uri, run_name="crash-a")
-        for event, payload in _events(runs[0]):
-            tracker(event, payload)
+        for event in _events(runs[0]):
+            tracker(event)
         tracker.close()
         from mlflow.tracking import MlflowClient
 

@@ -19,12 +19,33 @@ import numpy.typing as npt
 from synthloop.records import Usage
 from synthloop.schedules import Schedule
 
-STAGES = ("generate", "verify", "train")
+STAGES = ("generate", "verify", "score", "label", "judge", "train", "diagnose")  # stages components declare
 TOLERANCE = 1e-12  # relative slack for float summation order; anything larger is a real overspend
+MEASURED = "seconds"  # the one quantity the loop measures itself, for every stage
 
 
 class BudgetExceededError(RuntimeError):
     """A charge would take the run past its total budget (a bug in the caller: it must check first)."""
+
+
+def check_priced(prices: Mapping[str, Mapping[str, float]], declared: Mapping[str, Mapping[str, float]]) -> None:
+    """Every priced stage and quantity is one some component reports (``declared``: stage ->
+    quantity -> usage bound per item); raise ``ValueError`` naming the first that is not.
+
+    >>> check_priced({"generate": {"tokens": 1.0}}, {"generate": {"samples": 1.0}})
+    Traceback (most recent call last):
+    ...
+    ValueError: budget.costs.generate.tokens: priced, but the generate stage reports only samples, seconds
+    """
+    for stage, rates in prices.items():
+        if stage not in declared:
+            raise ValueError(f"budget.costs.{stage}: no component of this run reports a {stage!r} stage; "
+                             f"stages here: {', '.join(declared)}")
+        for quantity, price in rates.items():
+            if price > 0 and quantity != MEASURED and quantity not in declared[stage]:
+                reported = ", ".join([*declared[stage], MEASURED])
+                raise ValueError(f"budget.costs.{stage}.{quantity}: priced, but the {stage} stage reports "
+                                 f"only {reported}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +62,6 @@ class CostModel:
 
     def __post_init__(self) -> None:
         for stage, rates in self.prices.items():
-            if stage not in STAGES:
-                raise ValueError(f"unknown stage {stage!r} in costs; allowed: {', '.join(STAGES)}")
             for quantity, price in rates.items():
                 if not (price >= 0 and math.isfinite(price)):
                     raise ValueError(f"price of {stage}/{quantity} must be >= 0, got {price}")
@@ -67,6 +86,9 @@ class CostModel:
     def total(self, stage: str, totals: Mapping[str, float]) -> float:
         """Cost of a stage from summed quantities (seconds included)."""
         return float(sum(self.prices[stage][q] * totals.get(q, 0.0) for q in self.quantities(stage)))
+
+    def price(self, stage: str, quantity: str) -> float:
+        return float(self.prices.get(stage, {}).get(quantity, 0.0))
 
     def per_unit(self, stage: str, usage_per_item: Mapping[str, float]) -> float:
         """Cost of one item whose usage is ``usage_per_item`` (seconds not priced per item)."""
@@ -100,6 +122,24 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._spent = math.fsum(row.cost for row in self.rows)
+        self._seconds: dict[str, list[float]] = {}  # stage -> [seconds, items] over the run
+        for row in self.rows:
+            self._count(row)
+
+    def _count(self, row: LedgerRow) -> None:
+        totals = self._seconds.setdefault(row.stage, [0.0, 0.0])
+        totals[0] += row.seconds
+        totals[1] += row.items
+
+    def seconds_cost_per_item(self, stage: str) -> float:
+        """The measured time one item of ``stage`` has cost so far, in budget units (0 where the
+        stage is not priced in seconds): what sizes the next part of a budget in seconds."""
+        price = self.costs.price(stage, MEASURED)
+        seconds, items = self._seconds.get(stage, (0.0, 0.0))
+        return price * seconds / items if price > 0 and items > 0 else 0.0
+
+    def rows_of(self, iteration: int) -> list[LedgerRow]:
+        return [row for row in self.rows if row.iteration == iteration]
 
     @property
     def spent(self) -> float:
@@ -119,16 +159,28 @@ class Ledger:
         seconds: float,
         note: str = "",
     ) -> float:
-        totals = {**quantities, "seconds": seconds}
-        cost = self.costs.total(stage, totals)
-        if self.spent + cost > self.total * (1 + TOLERANCE) + 1e-9:
+        """Record a stage's measured usage; return its cost.
+
+        Time is known only once the work is done, so the part of a cost priced in seconds may take
+        the run past its total (by at most that one charge: the loop then stops); any other
+        overspend is a bug in the caller, which must check first, and raises.
+        """
+        missing = [q for q in self.costs.quantities(stage) if q != MEASURED and q not in quantities]
+        if missing:
+            raise ValueError(f"the cost model prices {stage} by {missing[0]!r}, but the {stage} stage "
+                             f"reports only {sorted(quantities) or 'nothing'}")
+        priced_ahead = self.costs.total(stage, {**quantities, MEASURED: 0.0})
+        cost = self.costs.total(stage, {**quantities, MEASURED: seconds})
+        if priced_ahead > 0 and self.spent + priced_ahead > self.total * (1 + TOLERANCE) + 1e-9:
             raise BudgetExceededError(
                 f"iteration {iteration} {stage}: cost {cost:.6g} exceeds the remaining budget "
                 f"{self.remaining:.6g} {self.costs.unit}"
             )
-        self.rows.append(
-            LedgerRow(iteration, stage, items, cost, seconds, dict(quantities), note)
-        )
+        if self.spent + cost > self.total * (1 + TOLERANCE) + 1e-9:
+            note = note or "overrun: measured seconds"
+        row = LedgerRow(iteration, stage, items, cost, seconds, dict(quantities), note)
+        self.rows.append(row)
+        self._count(row)
         self._spent += cost
         return cost
 
@@ -136,6 +188,7 @@ class Ledger:
         """Append rows charged before a stop (read back from the run directory)."""
         for row in rows:
             self.rows.append(row)
+            self._count(row)
             self._spent += row.cost
 
 

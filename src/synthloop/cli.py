@@ -15,6 +15,7 @@ from rich.table import Table
 
 from synthloop.configs import ConfigError, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
+from synthloop.records import IterationRecord
 from synthloop.store import RunDirectoryError, RunStore
 
 app = typer.Typer(
@@ -126,13 +127,13 @@ def _trackers(name: str, tensorboard: Path | None, mlflow: str | None) -> Iterat
             tracker.close()
 
 
-def _print_outcome(history: list[dict[str, Any]], budget: float, unit: str, run_dir: Path) -> None:
+def _print_outcome(history: list[IterationRecord], budget: float, unit: str, run_dir: Path) -> None:
     last = history[-1] if history else None
-    spent = last["cumulative_cost"] if last else 0.0
+    spent = last.cumulative_cost if last else 0.0
     console.print(f"{len(history)} iterations, spent {spent:.6g} of {budget:g} "
                   f"{unit}; run directory: {run_dir}")
-    if last and last["eval"]:
-        console.print("final: " + ", ".join(f"{k}={v:.6g}" for k, v in last["eval"].items()))
+    if last and last.eval:
+        console.print("final: " + ", ".join(f"{k}={v:.6g}" for k, v in last.eval.items()))
 
 
 @app.command()

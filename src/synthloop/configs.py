@@ -19,8 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthloop import schedules
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts
+from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced
 from synthloop.loop import LoopSettings
+from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.select import (
     Passed,
     RewardProportional,
@@ -28,12 +29,13 @@ from synthloop.select import (
     Threshold,
     TopK,
 )
+from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
 
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
-    "gaussian": "synthloop.tasks.gaussian_config",
-    "digits-denoise": "synthloop.tasks.digits_config",
-    "math": "synthloop.tasks.math_config",
+    "gaussian": "synthloop.families.gaussian",
+    "digits-denoise": "synthloop.families.digits",
+    "math": "synthloop.families.math",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
@@ -184,7 +186,7 @@ class BudgetConfig(Strict):
 
 
 class LoopConfig(Strict):
-    mode: Literal["accept", "select"] = "accept"
+    mode: Literal["accept", "select"] | None = None  # None: streaming if the selector's kind streams
     oversample: Annotated[float, Field(ge=1)] = 2.0
     chunk_size: Annotated[int, Field(ge=1)] = 65536
     store_candidates: Literal["all", "selected", "none"] = "all"
@@ -210,11 +212,25 @@ class RunConfig(Strict):
     generator: Section | None = None
     learner: Section | None = None
     selector: SelectorConfig = RewardProportionalSelector(kind="reward_proportional")
+    prompt_policy: PromptPolicyConfig = UniformConfig(kind="uniform")
+    training_set: TrainingSetConfig = ThisIterationConfig(kind="this_iteration")
     schedule: ScheduleConfig
     budget: BudgetConfig
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
     compare: CompareConfig | None = None
+
+    @model_validator(mode="after")
+    def _mode_fits_selector(self) -> RunConfig:
+        if self.loop.mode == "accept" and not make_selector(self.selector).streaming:
+            raise ValueError(f"loop.mode: 'accept' needs a streaming selector, and {self.selector.kind!r} must "
+                             "see all N_t candidates at once (use mode 'select', or leave mode unset)")
+        return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether iterations stream (Algorithm 1) or draw N_t = oversample * n_t first."""
+        return self.loop.mode != "select" and make_selector(self.selector).streaming
 
 
 # -- families ----------------------------------------------------------------------------------
@@ -358,14 +374,16 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     family = family_for(config)
     settings = family.validate(config)
     costs = config.budget.cost_model()
+    declared = declared_usage(config, family, settings)
+    try:
+        check_priced(costs.prices, declared)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     unit_costs = UnitCosts(
-        per_draw=costs.per_unit("generate", family.usage_per_draw(settings))
-        + costs.per_unit("verify", {"samples": 1.0}),
-        per_selected=costs.per_unit("train", family.usage_per_example(settings)),
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
+        per_selected=costs.per_unit("train", declared["train"]),
     )
-    acceptance = (
-        1.0 / config.loop.oversample if config.loop.mode == "select" else config.budget.expected_acceptance
-    )
+    acceptance = config.budget.expected_acceptance if config.streams else 1.0 / config.loop.oversample
     make = schedule_factory(schedule, family.schedule_defaults(settings))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
@@ -383,6 +401,20 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     except ValueError as error:
         raise ConfigError(f"schedule: {error}") from None
     return planner
+
+
+def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, dict[str, float]]:
+    """Stage -> quantity -> usage bound per draw (per trained example for ``train``) that the run's
+    components report: what may be priced. Generator quantities named ``stage:quantity`` (checks a
+    generator runs itself) count for that stage."""
+    declared: dict[str, dict[str, float]] = {"generate": {}, "verify": {"samples": 1.0}}
+    for name, amount in family.usage_per_draw(settings).items():
+        stage, _, quantity = name.rpartition(":")
+        declared.setdefault(stage or "generate", {})[quantity] = amount
+    if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:
+        declared["score"] = {"samples": config.prompt_policy.factor}
+    declared["train"] = dict(family.usage_per_example(settings))
+    return declared
 
 
 def _min_or_none(*values: int | None) -> int | None:

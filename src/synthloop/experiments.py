@@ -26,14 +26,26 @@ from synthloop.configs import (
     with_schedule,
 )
 from synthloop.loop import Components, Report, run
+from synthloop.policies import PromptScorer, make_prompt_policy
+from synthloop.records import IterationRecord
 from synthloop.store import RunStore, RunStoreFactory
+from synthloop.training_set import LabeledSource, make_training_set
 
 PACKAGES = ("synthloop", "numpy", "pyarrow", "pydantic", "torch", "transformers", "diffusers", "peft", "trl")
 
 
 def build_components(config: RunConfig) -> Components:
+    """The family's components, with the configured prompt policy and training-set policy."""
     family = family_for(config)
     components: Components = family.build(config, family.validate(config))
+    task = components.task
+    try:
+        components.prompt_policy = make_prompt_policy(
+            config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
+        components.training_set = make_training_set(
+            config.training_set, source=task if isinstance(task, LabeledSource) else None)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return components
 
 
@@ -83,7 +95,7 @@ def run_config(
     overwrite: bool = False,
     components: Components | None = None,
     open_store: RunStoreFactory = RunStore,
-) -> list[dict[str, Any]]:
+) -> list[IterationRecord]:
     """Run ``config``; with ``run_dir`` set, write the run directory there (``open_store(run_dir)``)."""
     planner = make_planner(config)
     components = components or build_components(config)
@@ -96,7 +108,7 @@ def run_config(
 
 
 def resume_run(run_dir: Path, *, report: Report | None = None,
-               open_store: RunStoreFactory = RunStore) -> tuple[RunConfig, list[dict[str, Any]]]:
+               open_store: RunStoreFactory = RunStore) -> tuple[RunConfig, list[IterationRecord]]:
     """Continue the run in ``run_dir`` from its last committed state, with the config it holds.
 
     Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
@@ -178,16 +190,16 @@ def _initial(run_dir: Path, metric: str) -> float:
     return committed.metrics[metric]
 
 
-def _trajectory(name: str, seed: int, history: Sequence[Mapping[str, Any]], metric: str,
+def _trajectory(name: str, seed: int, history: Sequence[IterationRecord], metric: str,
                 budget: float) -> Trajectory:
-    evaluated = [m for m in history if metric in m["eval"]]
+    evaluated = [m for m in history if metric in m.eval]
     return Trajectory(
         schedule=name,
         seed=seed,
-        costs=[m["cumulative_cost"] for m in evaluated],
-        metrics=[m["eval"][metric] for m in evaluated],
-        n_selected=[m["n_selected"] for m in history],
-        budget_used=(history[-1]["cumulative_cost"] / budget) if history else 0.0,
+        costs=[m.cumulative_cost for m in evaluated],
+        metrics=[m.eval[metric] for m in evaluated],
+        n_selected=[m.n_selected for m in history],
+        budget_used=(history[-1].cumulative_cost / budget) if history else 0.0,
     )
 
 

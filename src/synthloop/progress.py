@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-Event = Callable[[str, Mapping[str, Any]], None]
+from synthloop.events import Event, IterationDone, PartDone, Started
+from synthloop.records import IterationRecord
+
+Report = Callable[[Event], None]
 
 
-def fan_out(*reports: Event) -> Event:
+def fan_out(*reports: Report) -> Report:
     """One ``report`` callback that passes every event to each of ``reports`` in turn."""
 
-    def report(event: str, payload: Mapping[str, Any]) -> None:
+    def report(event: Event) -> None:
         for each in reports:
-            each(event, payload)
+            each(event)
 
     return report
 
@@ -60,13 +63,13 @@ class RunProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
-        if event == "part":
-            self._part(payload)
-        elif event == "iteration":
-            self._iteration(payload)
-        elif event == "start":
-            self._start(payload)
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PartDone):
+            self._part(event)
+        elif isinstance(event, IterationDone):
+            self._iteration(event.record)
+        elif isinstance(event, Started):
+            self._start(event)
 
     def rate_and_eta(self, spent: float, total: float) -> tuple[float, float | None]:
         """Budget units spent per second since the start, and seconds until the budget is spent."""
@@ -75,15 +78,15 @@ class RunProgress:
         eta = (total - spent) / rate if rate > 0 else None
         return rate, eta
 
-    def _start(self, payload: Mapping[str, Any]) -> None:
-        plan = payload["plan"]
-        self._clock, self._spent_at_start = time.monotonic(), float(payload.get("spent", 0.0))
-        resumed = payload.get("resumed", 0)
+    def _start(self, event: Started) -> None:
+        plan = event.plan
+        self._clock, self._spent_at_start = time.monotonic(), float(event.spent)
+        resumed = event.resumed
         line = (f"plan: {len(plan)} iterations, expected cost {plan[-1].cumulative_cost if plan else 0.0:.6g}"
                 + (f"; resuming after {resumed} committed iterations, {self._spent_at_start:.6g} spent"
                    if resumed else ""))
         if self._progress is not None:
-            total = float(payload.get("total", plan[-1].cumulative_cost if plan else 1.0))
+            total = float(event.total)
             self._budget_task = self._progress.add_task("budget", total=max(total, 1e-12),
                                                         detail="")
             self._progress.update(self._budget_task, completed=self._spent_at_start)
@@ -92,27 +95,27 @@ class RunProgress:
         else:
             self._print(line)
 
-    def _part(self, payload: Mapping[str, Any]) -> None:
-        t, kept, target = payload["iteration"], payload["kept"], payload["target"]
-        spent, total = payload["spent"], payload["total"]
+    def _part(self, event: PartDone) -> None:
+        t, kept, target = event.iteration, event.kept, event.target
+        spent, total = event.spent, event.total
         rate, eta = self.rate_and_eta(spent, total)
         timing = f"rate {rate:.4g}/s, ETA {_duration(eta)}"
         if self._progress is not None:
             self._progress.update(self._iteration_task, description=f"iteration {t}", total=target,
-                                  completed=kept, detail=f"kept {kept}/{target}, drawn {payload['generated']}")
+                                  completed=kept, detail=f"kept {kept}/{target}, drawn {event.generated}")
             self._progress.update(self._budget_task, total=total, completed=spent,
                                   detail=f"{spent:.6g}/{total:.6g} ({100 * spent / total:.1f}%), {timing}")
         elif time.monotonic() - self._last_line > self.interval:
             self._last_line = time.monotonic()
-            self._print(f"iteration {t}: kept {kept}/{target}, drawn {payload['generated']}, "
+            self._print(f"iteration {t}: kept {kept}/{target}, drawn {event.generated}, "
                         f"budget {spent:.6g}/{total:.6g} ({100 * spent / total:.1f}%), {timing}")
 
-    def _iteration(self, m: Mapping[str, Any]) -> None:
-        evaluation = ", ".join(f"{k}={v:.5g}" for k, v in m["eval"].items())
-        line = (f"iteration {m['iteration']}: kept {m['n_selected']}/{m['n_target']} of "
-                f"{m['n_generated']} drawn (acceptance {m['acceptance_rate']:.3f}), "
-                f"cost {m['cumulative_cost']:.6g}/{m['budget']:.6g}"
-                + (" [cut to fit the budget]" if m["cut"] else "") + (f"; {evaluation}" if evaluation else ""))
+    def _iteration(self, m: IterationRecord) -> None:
+        evaluation = ", ".join(f"{k}={v:.5g}" for k, v in m.eval.items())
+        line = (f"iteration {m.iteration}: kept {m.n_selected}/{m.n_target} of "
+                f"{m.n_generated} drawn (acceptance {m.acceptance_rate:.3f}), "
+                f"cost {m.cumulative_cost:.6g}/{m.budget:.6g}"
+                + (" [cut to fit the budget]" if m.cut else "") + (f"; {evaluation}" if evaluation else ""))
         if self._progress is not None:
             self._progress.console.print(line, soft_wrap=True)
         else:

@@ -234,3 +234,59 @@ class Observations:
             np.add.at(summed, inverse, np.concatenate([getattr(p, column) for p in parts]))
             totals.append(summed)
         return Observations(unique, *totals)
+
+
+RECORD_VERSION = 2
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """What one iteration did, as committed in ``metrics.json`` and the manifest's summary.
+
+    One versioned JSON form (``to_json`` / ``from_json``); records written before a field existed
+    are read in :meth:`from_json`, the one place that knows older forms.
+    """
+
+    iteration: int
+    n_target: int
+    n_selected: int
+    n_generated: int
+    n_parts: int
+    n_accepted: int  # streaming: draws the selector accepted, counted past n_t too
+    acceptance_rate: float
+    verdicts: Mapping[str, int]
+    cost: Mapping[str, float]  # per stage
+    seconds: Mapping[str, float]  # per stage
+    iteration_cost: float
+    cumulative_cost: float
+    budget: float
+    cut: bool
+    exhausted: bool  # the budget (or a near-zero acceptance) stopped the iteration short: the run ends
+    selected_sha256: str
+    train: Mapping[str, float]
+    eval: Mapping[str, float]
+    n_trained: int = 0  # rows the learner trained on (selection + carried + outside)
+    n_carried: int = 0
+    n_outside: int = 0
+
+    @property
+    def ends_run(self) -> bool:
+        return self.exhausted or self.n_selected == 0
+
+    def to_json(self) -> dict[str, Any]:
+        payload = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("verdicts", "cost", "seconds", "train", "eval"):
+            payload[name] = dict(payload[name])
+        return {**payload, "version": RECORD_VERSION}
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> IterationRecord:
+        data = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
+        if payload.get("version", 1) < 2:  # format 1: no n_accepted (kept), no exhausted (cut)
+            data.setdefault("n_accepted", payload["n_selected"])
+            data.setdefault("exhausted", payload["cut"])
+            data.setdefault("n_trained", payload["n_selected"])
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ValueError(f"not an iteration record: {error}") from None

@@ -8,10 +8,12 @@ of an iteration at once (generate-then-select). No selector ever keeps an ERROR 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from synthloop.protocols import Batch
 from synthloop.records import Scores, Verdict
 
 
@@ -28,9 +30,10 @@ class RewardProportional:
     """Keep each candidate with probability R(x), in draw order, until n_wanted are kept
     (Spend Wisely, Algorithm 1)."""
 
-    streaming: bool = True
+    streaming: ClassVar[bool] = True
 
-    def select(self, scores: Scores, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    def select(self, batch: Batch, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        scores = batch.scores
         draws = rng.random(len(scores))
         with np.errstate(invalid="ignore"):
             accepted = (draws < scores.reward) & _usable(scores)
@@ -42,9 +45,10 @@ class Threshold:
     """Keep candidates whose reward is at least ``threshold``, in draw order, up to n_wanted."""
 
     threshold: float = 0.5
-    streaming: bool = True
+    streaming: ClassVar[bool] = True
 
-    def select(self, scores: Scores, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    def select(self, batch: Batch, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        scores = batch.scores
         with np.errstate(invalid="ignore"):
             passed = (scores.reward >= self.threshold) & _usable(scores)
         return _first(passed, n_wanted)
@@ -54,9 +58,10 @@ class Threshold:
 class Passed:
     """Keep candidates the verifier passed (STaR / ReST-EM's binary filter), up to n_wanted."""
 
-    streaming: bool = True
+    streaming: ClassVar[bool] = True
 
-    def select(self, scores: Scores, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    def select(self, batch: Batch, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        scores = batch.scores
         return _first(scores.verdict == Verdict.PASS, n_wanted)
 
 
@@ -64,9 +69,10 @@ class Passed:
 class TopK:
     """Keep the n_wanted highest rewards of all N_t candidates (ties: earlier draw first)."""
 
-    streaming: bool = False
+    streaming: ClassVar[bool] = False
 
-    def select(self, scores: Scores, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    def select(self, batch: Batch, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        scores = batch.scores
         usable = np.flatnonzero(_usable(scores))
         order = usable[np.argsort(-scores.reward[usable], kind="stable")]
         return np.sort(order[: max(n_wanted, 0)]).astype(np.int64)
@@ -80,9 +86,10 @@ class RewardProportionalWithoutReplacement:
     of those are kept.
     """
 
-    streaming: bool = False
+    streaming: ClassVar[bool] = False
 
-    def select(self, scores: Scores, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    def select(self, batch: Batch, *, n_wanted: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        scores = batch.scores
         with np.errstate(invalid="ignore"):
             positive = np.flatnonzero(_usable(scores) & (scores.reward > 0))
         if n_wanted <= 0 or len(positive) == 0:

@@ -11,13 +11,24 @@ row counts, reward ranges, the error verdict, checkpoint round trips.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthloop.protocols import Generator, Learner, Selector, Task, Verifier
-from synthloop.records import Candidates, Prompts, Scores, Verdict, column_length
+from synthloop.protocols import (
+    Batch,
+    Generator,
+    Learner,
+    PromptPolicy,
+    Selector,
+    Task,
+    TrainingSetPolicy,
+    Verifier,
+)
+from synthloop.records import Candidates, Prompts, Scores, Verdict, column_length, ones_usage
+from synthloop.state import Stateful
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -91,22 +102,82 @@ def check_verifier(verifier: Verifier, candidates: Candidates, prompts: Prompts)
     return scores
 
 
-def check_selector(selector: Selector) -> None:
-    """Indices ascending, unique, at most n_wanted, never an ERROR candidate, same seed same choice."""
-    assert isinstance(selector, Selector), "does not implement the Selector protocol"
+def _scored_batch(n: int) -> Batch:
     rng = _rng(4)
-    reward = rng.random(200)
+    reward = rng.random(n)
     verdict = np.where(reward > 0.5, Verdict.PASS, Verdict.FAIL).astype(np.int8)
     verdict[::7] = Verdict.ERROR
     reward[::7] = np.nan
-    scores = Scores(reward=reward, verdict=verdict)
+    candidates = Candidates(samples={"x": rng.standard_normal((n, 2))}, prompt_index=np.arange(n),
+                            usage=ones_usage(n, samples=1), extra={"loss": rng.random(n)})
+    return Batch(candidates, Prompts(index=np.arange(n)), Scores(reward=reward, verdict=verdict))
+
+
+def check_selector(selector: Selector) -> None:
+    """Indices ascending, unique, at most n_wanted, never an ERROR candidate, same seed same choice;
+    a streaming selector's decision on a row does not depend on the rows after it (so the loop may
+    apply it part by part)."""
+    assert isinstance(selector, Selector), "does not implement the Selector protocol"
+    assert isinstance(type(selector).streaming, bool), "streaming must be a class attribute of the kind"
+    batch = _scored_batch(200)
     for n_wanted in (0, 1, 10, 500):
-        first = selector.select(scores, n_wanted=n_wanted, rng=_rng(5))
-        again = selector.select(scores, n_wanted=n_wanted, rng=_rng(5))
+        first = selector.select(batch, n_wanted=n_wanted, rng=_rng(5))
+        again = selector.select(batch, n_wanted=n_wanted, rng=_rng(5))
         assert np.array_equal(first, again), "select is not deterministic for a seed"
         assert len(first) <= n_wanted, f"kept {len(first)} > n_wanted {n_wanted}"
         assert np.all(np.diff(first) > 0), "indices must be ascending and unique"
-        assert not np.any(verdict[first] == Verdict.ERROR), "an ERROR candidate was kept"
+        assert not np.any(batch.scores.verdict[first] == Verdict.ERROR), "an ERROR candidate was kept"
+    if selector.streaming:
+        everything = selector.select(batch, n_wanted=len(batch), rng=_rng(5))
+        prefix = selector.select(batch.take(np.arange(120)), n_wanted=120, rng=_rng(5))
+        assert np.array_equal(prefix, everything[everything < 120]), \
+            "a streaming selector's choice among the first rows changed when later rows were added"
+
+
+def check_stateful(make: Callable[[], Stateful], advance: Callable[[Any], Any], tmp: Path) -> None:
+    """``save`` then ``load`` into a fresh component gives the same next output as the original."""
+    original = make()
+    advance(original)
+    (tmp / "state").mkdir(parents=True)
+    original.save(tmp / "state")
+    restored = make()
+    restored.load(tmp / "state")
+    assert _equal_outputs(advance(original), advance(restored)), "a restored component behaves differently"
+
+
+def _equal_outputs(a: Any, b: Any) -> bool:
+    if isinstance(a, Prompts | Candidates):
+        return _equal_columns(a.index if isinstance(a, Prompts) else a.prompt_index,
+                              b.index if isinstance(b, Prompts) else b.prompt_index)
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(_equal_outputs(x, y) for x, y in zip(a, b, strict=True))
+    return bool(_equal_columns(a, b))
+
+
+def check_prompt_policy(policy: PromptPolicy, task: Task, model: Any) -> None:
+    """Deterministic for a seed; n prompts; usage only in quantities the policy declares; a policy
+    restored from its saved state chooses what the original would."""
+    assert isinstance(policy, PromptPolicy), "does not implement the PromptPolicy protocol"
+    first = policy.choose(task, 16, model=model, rng=_rng(8))
+    again = policy.choose(task, 16, model=model, rng=_rng(8))
+    assert len(first.prompts) == 16, f"asked for 16 prompts, got {len(first.prompts)}"
+    assert _equal_columns(first.prompts.index, again.prompts.index), "choose is not deterministic for a seed"
+    declared = policy.usage_per_prompt()
+    for quantity, amount in first.usage.items():
+        assert quantity in declared, f"usage {quantity!r} is reported but not declared in usage_per_prompt"
+        assert amount <= declared[quantity] * 16 * (1 + 1e-9), f"{quantity} usage exceeds its declared bound"
+
+
+def check_training_set(policy: TrainingSetPolicy, selected: Candidates, prompts: Prompts) -> None:
+    """The training set holds the selection; what it adds beyond it was reserved up front."""
+    assert isinstance(policy, TrainingSetPolicy), "does not implement the TrainingSetPolicy protocol"
+    reserved = policy.reserve(len(selected), rng=_rng(9))
+    built = policy.build(selected, prompts, rng=_rng(9))
+    assert built.n_selected == len(selected), "the training set must hold this iteration's selection"
+    added = len(built.candidates) - built.n_selected
+    assert added == built.n_carried + built.n_outside, "rows beyond the selection must be counted"
+    assert added <= (0 if reserved is None else len(reserved)), "the training set adds rows it did not reserve"
+    assert len(built.prompts) == len(built.candidates), "one prompt per training row"
 
 
 def check_learner(

@@ -15,31 +15,33 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from synthloop.events import Event, IterationDone, Started
+from synthloop.records import IterationRecord
 
 
-def iteration_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers a tracker logs for one iteration's metrics."""
+def iteration_scalars(record: IterationRecord) -> dict[str, float]:
+    """The numbers a tracker logs for one iteration's record."""
     scalars = {
-        "n_selected": float(metrics["n_selected"]),
-        "n_generated": float(metrics["n_generated"]),
-        "acceptance_rate": float(metrics["acceptance_rate"]),
-        "iteration_cost": float(metrics["iteration_cost"]),
-        "cumulative_cost": float(metrics["cumulative_cost"]),
+        "n_selected": float(record.n_selected),
+        "n_generated": float(record.n_generated),
+        "acceptance_rate": float(record.acceptance_rate),
+        "iteration_cost": float(record.iteration_cost),
+        "cumulative_cost": float(record.cumulative_cost),
     }
-    scalars.update({f"cost/{stage}": float(v) for stage, v in metrics["cost"].items()})
-    scalars.update({f"eval/{name}": float(v) for name, v in metrics["eval"].items()})
-    scalars.update({f"train/{name}": float(v) for name, v in metrics["train"].items()})
+    scalars.update({f"cost/{stage}": float(v) for stage, v in record.cost.items()})
+    scalars.update({f"eval/{name}": float(v) for name, v in record.eval.items()})
+    scalars.update({f"train/{name}": float(v) for name, v in record.train.items()})
     return scalars
 
 
-def tracked(event: str, payload: Mapping[str, Any]) -> tuple[int, dict[str, float]] | None:
+def tracked(event: Event) -> tuple[int, dict[str, float]] | None:
     """(step, scalars) a tracker logs for a loop event: the initial evaluation at step -1, then one
     step per iteration; None for events trackers ignore."""
-    if event == "start":
-        return -1, {f"eval/{k}": float(v) for k, v in payload["initial"].items()}
-    if event == "iteration":
-        return int(payload["iteration"]), iteration_scalars(payload)
+    if isinstance(event, Started):
+        return -1, {f"eval/{k}": float(v) for k, v in event.initial.items()}
+    if isinstance(event, IterationDone):
+        return event.record.iteration, iteration_scalars(event.record)
     return None
 
 
@@ -53,8 +55,8 @@ class TensorBoardTracker:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._writer = EventFileWriter(str(self.logdir))
 
-    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
-        logged = tracked(event, payload)
+    def __call__(self, event: Event) -> None:
+        logged = tracked(event)
         if logged is not None:
             self._log(*logged)
 
@@ -86,8 +88,8 @@ class MLflowTracker:
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
 
-    def __call__(self, event: str, payload: Mapping[str, Any]) -> None:
-        logged = tracked(event, payload)
+    def __call__(self, event: Event) -> None:
+        logged = tracked(event)
         if logged is not None:
             self._log(*logged)
 

@@ -24,10 +24,10 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,23 +36,14 @@ from diffusers import DDPMScheduler as _DDPMScheduler
 from diffusers import UNet2DModel as _UNet2DModel
 from safetensors.torch import load_file, save_file
 
+from synthloop.models.unet_flops import TRAIN_FLOPS_FACTOR
 from synthloop.records import Candidates, Prompts, Usage, ones_usage
-from synthloop.tasks.digits import DigitsData, DigitsDenoiseTask, Images, load_images, natural_patches
-from synthloop.tasks.digits_config import DigitsSettings, DigitsTaskConfig, PretrainModelConfig
-
-if TYPE_CHECKING:
-    from synthloop.configs import RunConfig
-    from synthloop.loop import Components
 
 # diffusers' lazy module hides the torch.nn.Module base of its classes from type checkers.
 UNet2DModel: Any = _UNet2DModel
 DDPMScheduler: Any = _DDPMScheduler
 UNet = Any  # a diffusers UNet2DModel
 Scheduler = Any  # a diffusers DDPMScheduler
-
-#: forward + backward of one trained image, in forward-pass FLOPs (backward ~ 2 forwards).
-TRAIN_FLOPS_FACTOR = 3.0
-
 
 @dataclass(frozen=True)
 class DenoisingModel:
@@ -148,14 +139,6 @@ def _ddim_for(ddpm: Scheduler) -> Scheduler:
     return _DDIM[key]
 
 
-def psnr(images: npt.NDArray[np.floating], clean: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak range 2): 10 log10(4 / MSE)."""
-    diff = np.clip(images, -1.0, 1.0).astype(np.float64) - clean.astype(np.float64)
-    mse = np.mean(np.square(diff).reshape(len(diff), -1), axis=1)
-    with np.errstate(divide="ignore"):
-        return np.asarray(10.0 * np.log10(4.0 / mse), dtype=np.float64)
-
-
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -245,7 +228,7 @@ class NoisePredictionLearner:
         self.ema_unet_ = copy.deepcopy(unet).eval().requires_grad_(False)
         self.ema_ = _EMA(decay=ema_decay)
         self.optimizer_ = torch.optim.Adam(self.unet_.parameters(), lr=lr)
-        shape = (0, unet.config.in_channels, *_spatial(unet))
+        shape = (0, unet.config.in_channels, *spatial_size(unet))
         self.leftover_ = np.zeros(shape, dtype=np.float32)
         self._snapshot: DenoisingModel | None = None
 
@@ -307,7 +290,7 @@ def _flat_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
 
-def _spatial(unet: UNet) -> tuple[int, int]:
+def spatial_size(unet: UNet) -> tuple[int, int]:
     size = unet.config.sample_size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -412,33 +395,12 @@ def load_checkpoint(path_or_id: str, *, device: str = "cpu") -> tuple[UNet, Sche
     return unet.to(device).eval(), scheduler
 
 
-def _geometry(settings: DigitsSettings, unet_config: Mapping[str, Any] | None) -> tuple[int, int]:
-    """(image_size, channels): as configured, else the checkpoint's, else the images' own."""
-    task = settings.task
-    native = 8 if task.source == "digits" else 28
-    size = task.image_size or (int(np.atleast_1d(unet_config["sample_size"])[0]) if unet_config else native)
-    channels = task.channels or (int(unet_config["in_channels"]) if unet_config else 1)
-    return size, channels
-
-
-def _pretrain_spec(settings: DigitsSettings) -> PretrainSpec:
-    model = settings.model
-    assert isinstance(model, PretrainModelConfig)
-    size, channels = _geometry(settings, None)
-    unet = UNetSpec(sample_size=size, channels=channels, block_out_channels=tuple(model.block_out_channels),
-                    layers_per_block=model.layers_per_block, norm_num_groups=model.norm_num_groups)
-    return PretrainSpec(unet=unet, data=model.data, steps=model.steps, max_timestep=model.max_timestep, batch_size=model.batch_size,
-                        lr=model.lr, seed=model.seed)
-
-
-def planning_flops(settings: DigitsSettings) -> float:
-    """FLOPs of one forward pass of the configured UNet (built from its config, no weights loaded)."""
-    if isinstance(settings.model, PretrainModelConfig):
-        return forward_flops(_pretrain_spec(settings).unet.build())
+def checkpoint_forward_flops(path_or_id: str) -> float:
+    """FLOPs of one forward pass of a checkpoint's UNet, built from its config (no weights loaded)."""
     try:
-        config = UNet2DModel.load_config(settings.model.path, subfolder=_subfolder(settings.model.path))
+        config = UNet2DModel.load_config(path_or_id, subfolder=_subfolder(path_or_id))
     except (OSError, ValueError) as error:
-        raise ValueError(f"model.path {settings.model.path}: cannot read a UNet config "
+        raise ValueError(f"model.path {path_or_id}: cannot read a UNet config "
                          f"({_first_line(error)})") from None
     return forward_flops(UNet2DModel.from_config(config))
 
@@ -451,45 +413,3 @@ def _first_line(error: Exception) -> str:
 def _subfolder(path_or_id: str) -> str | None:
     local = Path(path_or_id)
     return "unet" if local.is_dir() and (local / "unet" / "config.json").is_file() else None
-
-
-def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
-    """Data, starting model (cached pretrain or checkpoint), generator, task, selector, learner."""
-    from synthloop.configs import make_selector
-    from synthloop.loop import Components
-
-    task_config, model_config = settings.task, settings.model
-    if isinstance(model_config, PretrainModelConfig):
-        spec = _pretrain_spec(settings)
-        size, channels = spec.unet.sample_size, spec.unet.channels
-        data = _data(task_config, size, channels)
-        unet, scheduler, _ = load_or_pretrain(spec, _pretrain_images(model_config, data, size, channels),
-                                              cache_dir=model_config.cache_dir, device=model_config.device)
-    else:
-        unet, scheduler = load_checkpoint(model_config.path, device=model_config.device)
-        size, channels = _geometry(settings, unet.config)
-        if (size, channels) != (_spatial(unet)[0], unet.config.in_channels):
-            raise ValueError(f"task: images are {channels}x{size}x{size} but the UNet at {model_config.path} "
-                             f"takes {unet.config.in_channels}x{_spatial(unet)[0]}x{_spatial(unet)[0]}")
-        data = _data(task_config, size, channels)
-    flops = forward_flops(unet)
-    generator = DenoisingGenerator(noise_step=task_config.noise_step, flops_per_forward=flops,
-                                   batch_size=settings.generator.batch_size, sampler=settings.generator.sampler)
-    task = DigitsDenoiseTask(data, denoiser=generator, psnr_range=task_config.psnr_range,
-                             n_eval=task_config.n_eval, eval_seed=task_config.eval_seed, label=task_config.source)
-    learner = NoisePredictionLearner(unet, scheduler, noise_step=task_config.noise_step,
-                                     batch_size=settings.learner.batch_size, lr=settings.learner.lr,
-                                     ema_decay=settings.learner.ema_decay, flops_per_forward=flops)
-    return Components(task=task, generator=generator, selector=make_selector(config.selector), learner=learner)
-
-
-def _pretrain_images(model: PretrainModelConfig, data: DigitsData, size: int, channels: int) -> Images:
-    if model.data == "natural-patches":
-        return natural_patches(model.patches, size=size, channels=channels, downsample=model.patch_downsample,
-                               seed=model.seed)
-    return data.train
-
-
-def _data(task: DigitsTaskConfig, size: int, channels: int) -> DigitsData:
-    images = load_images(task.source, path=task.path, image_size=size, channels=channels, limit=task.limit)
-    return DigitsData.split(images, n_heldout=task.n_heldout, seed=task.split_seed)

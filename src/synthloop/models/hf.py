@@ -153,6 +153,49 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
 
 
+def cache_argument() -> str:
+    """The name under which a transformers model takes and returns its key/value cache.
+
+    transformers 5.24 renamed ``past_key_values`` (the ``forward`` argument and the output field)
+    to ``cache``; the old name raises a FutureWarning and goes in 5.40.
+    """
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
+
+
+@dataclass
+class KVCache:
+    """A causal LM's key/value cache across decoding steps: the only code that knows how
+    transformers passes it (see :func:`cache_argument`). The model creates the cache on the first
+    step, as its own ``generate`` does."""
+
+    argument: str = field(default_factory=cache_argument)
+    value: Any = None  # a transformers Cache once the first step has run
+
+    def forward(self, network: Any, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits at the last position of every row; the cache grows by the positions fed."""
+        out = network(**inputs, use_cache=True, **{self.argument: self.value})
+        self.value = out[self.argument]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (indices into the current batch)."""
+        self.value.batch_select_indices(rows)
+
+
+@dataclass
+class _Rows:
+    """What a batch has sampled so far, per row: the tokens kept (EOS dropped), how many were
+    sampled (EOS and tokens past a stop string included), and the text of rows cut at a stop string."""
+
+    generated: list[list[int]]
+    counts: list[int]
+    cut: dict[int, str]
+
+
 @dataclass(frozen=True)
 class HFGenerator:
     """Batched sampling with a KV cache, left padding, temperature, top-p and stop strings.
@@ -218,61 +261,68 @@ class HFGenerator:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in a "
                              f"context of {context_length(net)} tokens")
         encoded = [encode_prompt(tok, t, chat=self.chat)[-keep:] for t in texts]
-        width = max(len(e) for e in encoded)
-        pad = tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
-        eos = tok.eos_token_id
-        n = len(texts)
-        generated: list[list[int]] = [[] for _ in range(n)]
-        counts = [0] * n  # tokens sampled per row, EOS and anything past a stop string included
-        active = torch.arange(n)
-        finished_text: dict[int, str] = {}
-        cache: Any = None
-        step_ids, positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
         was_training = net.training
         net.eval()
         with autocast(self.bf16):
-            for step in range(self.max_new_tokens):
-                out = net(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-                next_ids = self._pick(out.logits[:, -1, :].float(), gen)
-                done = torch.zeros(len(active), dtype=torch.bool)
-                for j, row in enumerate(active.tolist()):
-                    token = int(next_ids[j])
-                    counts[row] += 1
-                    if token == eos:
-                        done[j] = True
-                        continue
-                    generated[row].append(token)
-                last = step == self.max_new_tokens - 1
-                if self.stop_strings and ((step + 1) % self.check_every == 0 or last):
-                    for j, row in enumerate(active.tolist()):
-                        if not done[j]:
-                            cut = self._cut(tok.decode(generated[row], skip_special_tokens=True))
-                            if cut is not None:
-                                finished_text[row], done[j] = cut, True
-                if last or bool(done.all()):
-                    break
-                alive = (~done).nonzero().squeeze(-1)
-                if len(alive) < len(active):  # finished rows leave the batch and the cache
-                    active = active[alive]
-                    cache.batch_select_indices(alive)
-                    mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
-                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
-                positions = positions[:, -1:] + 1
-                step_ids = next_ids.unsqueeze(-1)
+            rows = self._decode(net, tok, encoded, gen)
         net.train(was_training)
         texts_out = []
-        for row in range(n):
-            if row in finished_text:
-                texts_out.append(finished_text[row])
+        for row, tokens in enumerate(rows.generated):
+            if row in rows.cut:
+                texts_out.append(rows.cut[row])
             else:
-                text = tok.decode(generated[row], skip_special_tokens=True)
+                text = tok.decode(tokens, skip_special_tokens=True)
                 cut = self._cut(text) if self.stop_strings else None
                 texts_out.append(text if cut is None else cut)
-        return texts_out, [len(e) for e in encoded], counts
+        return texts_out, [len(e) for e in encoded], rows.counts
+
+    def _decode(self, net: Any, tok: Any, encoded: Sequence[list[int]], gen: torch.Generator) -> _Rows:
+        """Sample up to ``max_new_tokens`` per left-padded row; finished rows leave the batch."""
+        width = max(len(e) for e in encoded)
+        pad = tok.pad_token_id
+        step_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = _Rows(generated=[[] for _ in encoded], counts=[0] * len(encoded), cut={})
+        active = torch.arange(len(encoded))
+        cache = KVCache()
+        for step in range(self.max_new_tokens):
+            logits = cache.forward(net, input_ids=step_ids, attention_mask=mask, position_ids=positions)
+            next_ids = self._pick(logits.float(), gen)
+            last = step == self.max_new_tokens - 1
+            done = self._take(tok, rows, next_ids, active, check=(step + 1) % self.check_every == 0 or last)
+            if last or bool(done.all()):
+                break
+            alive = (~done).nonzero().squeeze(-1)
+            if len(alive) < len(active):  # finished rows leave the batch and the cache
+                active = active[alive]
+                cache.keep(alive)
+                mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+            positions = positions[:, -1:] + 1
+            step_ids = next_ids.unsqueeze(-1)
+        return rows
+
+    def _take(self, tok: Any, rows: _Rows, next_ids: torch.Tensor, active: torch.Tensor, *,
+              check: bool) -> torch.Tensor:
+        """Append one sampled token to each active row; which rows are done (EOS, or a stop string
+        when ``check``)."""
+        eos = tok.eos_token_id
+        done = torch.zeros(len(active), dtype=torch.bool)
+        for j, row in enumerate(active.tolist()):
+            token = int(next_ids[j])
+            rows.counts[row] += 1
+            if token == eos:
+                done[j] = True
+                continue
+            rows.generated[row].append(token)
+        if self.stop_strings and check:
+            for j, row in enumerate(active.tolist()):
+                if not done[j]:
+                    cut = self._cut(tok.decode(rows.generated[row], skip_special_tokens=True))
+                    if cut is not None:
+                        rows.cut[row], done[j] = cut, True
+        return done
 
     def _cut(self, text: str) -> str | None:
         hits = [text.find(s) for s in self.stop_strings]

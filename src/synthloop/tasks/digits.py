@@ -148,6 +148,14 @@ def natural_patches(n: int, *, size: int, channels: int, downsample: int = 4, se
     return out
 
 
+def psnr(images: npt.NDArray[np.floating], clean: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak range 2): 10 log10(4 / MSE)."""
+    diff = np.clip(images, -1.0, 1.0).astype(np.float64) - clean.astype(np.float64)
+    mse = np.mean(np.square(diff).reshape(len(diff), -1), axis=1)
+    with np.errstate(divide="ignore"):
+        return np.asarray(10.0 * np.log10(4.0 / mse), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class PSNRVerifier:
     """Reward R = clip((PSNR - lo) / (hi - lo), 0, 1) of each denoised image against its clean image.
@@ -164,8 +172,6 @@ class PSNRVerifier:
             raise ValueError(f"psnr_range must have hi > lo, got [{self.lo}, {self.hi}]")
 
     def verify(self, candidates: Candidates, prompts: Prompts) -> Scores:
-        from synthloop.models.diffusion import psnr
-
         images = np.asarray(candidates.samples["image"], dtype=np.float32)
         clean = np.asarray(prompts.items["clean"], dtype=np.float32)
         finite = np.asarray(np.isfinite(images.reshape(len(images), -1)).all(axis=1), dtype=bool)
@@ -219,7 +225,7 @@ class DigitsDenoiseTask:
         return Prompts(index=index, items={"clean": self.data.train[index]})
 
     def evaluate(self, model: DenoisingModel, *, rng: np.random.Generator) -> dict[str, float]:
-        from synthloop.models.diffusion import psnr, torch_generator
+        from synthloop.models.diffusion import torch_generator
 
         generator = torch_generator(np.random.default_rng(self.eval_seed), model.device)
         denoised, noisy = self.denoiser.denoise(model, self.eval_clean_, self.eval_noise_, generator=generator)

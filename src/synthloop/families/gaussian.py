@@ -1,14 +1,21 @@
-"""Config of the Gaussian task family (``task.kind: gaussian``); no ML framework needed."""
+"""The Gaussian task family (``task.kind: gaussian``): its config, planning usage and wiring.
+
+No ML framework anywhere: the task, generator and learner are NumPy (``synthloop.tasks.gaussian``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from synthloop.configs import ConfigError, RunConfig, Strict, validate_section
+from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_section
+from synthloop.tasks.gaussian import GaussianGenerator, GaussianLearner, GaussianProblem, GaussianTask
+
+if TYPE_CHECKING:
+    from synthloop.loop import Components
 
 
 class GaussianTaskConfig(Strict):
@@ -61,15 +68,8 @@ class GaussianFamily:
     def schedule_defaults(self, settings: GaussianSettings) -> dict[str, float]:
         return {"sigma": settings.task.sigma, "kappa": settings.task.kappa}
 
-    def build(self, config: RunConfig, settings: GaussianSettings) -> Any:
-        from synthloop.configs import make_selector
+    def build(self, config: RunConfig, settings: GaussianSettings) -> Components:
         from synthloop.loop import Components
-        from synthloop.tasks.gaussian import (
-            GaussianGenerator,
-            GaussianLearner,
-            GaussianProblem,
-            GaussianTask,
-        )
 
         problem = GaussianProblem(
             theta0=settings.task.theta(), sigma=settings.task.sigma, kappa=settings.task.kappa

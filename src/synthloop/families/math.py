@@ -1,0 +1,292 @@
+"""The math word-problem family (``task.kind: math``): its config, planning usage and wiring.
+
+Validation and planning import no ML framework; ``build`` imports torch and transformers.
+
+    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
+    model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
+               | {kind: tiny, ...} | {kind: scratch, pretrain_steps, ...}
+    generator: {kind: hf, max_new_tokens, temperature, top_p, batch_size, bf16, ...}
+    learner:   {kind: sft, lr, batch_size, grad_accum, epochs, reset: continue|restart, lora: {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field
+
+from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
+from synthloop.tasks.math import (
+    Level,
+    build_pools,
+    few_shot_prompt,
+    load_problems,
+    prompts_for,
+    question_prompt,
+)
+
+if TYPE_CHECKING:
+    from synthloop.loop import Components
+    from synthloop.models.hf import HFModel
+    from synthloop.tasks.math import MathTask
+
+Positive = Annotated[int, Field(ge=1)]
+
+
+class LevelConfig(Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    dataset: Literal["gsm_symbolic", "chain_sum", "basic_arithmetic"]
+    params: dict[str, Any] = Field(default_factory=dict)  # reasoning-gym generator options
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class MathTaskConfig(Strict):
+    kind: Literal["math"]
+    levels: Annotated[list[LevelConfig], Field(min_length=1)]
+    train_size: Positive = 1000  # training pool per level
+    eval_size: Positive = 100  # held-out problems per level (greedy decoding)
+    shots: Annotated[int, Field(ge=0, le=16)] = 3
+    style: Literal["few_shot", "chat"] = "few_shot"  # chat: bare questions in the model's chat template
+    data_seed: Annotated[int, Field(ge=0)] = 0  # fixes pools and held-out sets across runs and schedules
+    rationalize: bool = False  # STaR: retry failed prompts with the answer as a hint
+    answer_timeout: Annotated[float, Field(gt=0)] = 5.0
+    require_marker: bool = False  # only "#### <answer>" counts as a final answer
+
+
+class ScratchModelConfig(Strict):
+    """A tiny GPT-2 trained from scratch on labelled seed problems of the task's levels."""
+
+    kind: Literal["scratch"]
+    n_layer: Positive = 2
+    n_embd: Positive = 64
+    n_head: Positive = 4
+    n_positions: Positive = 256
+    vocab_size: Annotated[int, Field(ge=64)] = 256
+    seed_problems: Positive = 2000  # labelled problems per level (disjoint from the training pool)
+    pretrain_steps: Annotated[int, Field(ge=0)] = 300
+    pretrain_batch_size: Positive = 32
+    pretrain_lr: Annotated[float, Field(gt=0)] = 3e-3
+    pretrain_bf16: bool = True  # bf16 autocast pays off from about 64-wide layers; tiny ones run faster in fp32
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class TinyModelConfig(ScratchModelConfig):
+    """Like ``scratch`` with no pretraining by default: random weights, for tests."""
+
+    kind: Literal["tiny"]  # type: ignore[assignment]
+    pretrain_steps: Annotated[int, Field(ge=0)] = 0
+
+
+class SmolLM2Config(Strict):
+    kind: Literal["smollm2"]
+
+
+class PretrainedConfig(Strict):
+    kind: Literal["pretrained"]
+    source: Annotated[str, Field(min_length=1)]  # hub id or local directory
+
+
+ModelConfig = ScratchModelConfig | TinyModelConfig | SmolLM2Config | PretrainedConfig
+MODELS: dict[str, type[ModelConfig]] = {
+    "smollm2": SmolLM2Config, "pretrained": PretrainedConfig, "scratch": ScratchModelConfig,
+    "tiny": TinyModelConfig,
+}
+
+
+class GeneratorConfig(Strict):
+    kind: Literal["hf"] = "hf"
+    max_new_tokens: Positive = 64
+    temperature: Annotated[float, Field(ge=0)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    batch_size: Positive = 16
+    eval_batch_size: Positive = 32
+    max_prompt_tokens: Positive = 1024
+    bf16: bool = True
+    stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
+
+
+class LoraConfig(Strict):
+    rank: Positive = 8
+    alpha: Annotated[int, Field(gt=0)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] | None = None
+
+
+class LearnerConfig(Strict):
+    kind: Literal["sft"] = "sft"
+    lr: Annotated[float, Field(gt=0)] = 1e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: Positive = 8
+    grad_accum: Positive = 1
+    epochs: Positive = 1
+    max_length: Positive = 512
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    bf16: bool = True
+    reset: Literal["continue", "restart"] = "continue"  # Spend Wisely continues; STaR restarts
+    lora: LoraConfig | None = None
+
+
+@dataclass(frozen=True)
+class MathSettings:
+    task: MathTaskConfig
+    model: ModelConfig
+    generator: GeneratorConfig
+    learner: LearnerConfig
+
+
+class MathFamily:
+    def validate(self, config: RunConfig) -> MathSettings:
+        task = validate_section(config.task, MathTaskConfig, "task")
+        model = validate_kind(config.model, MODELS, "model")
+        generator = validate_section(config.generator, GeneratorConfig, "generator")
+        learner = validate_section(config.learner, LearnerConfig, "learner")
+        names = [level.name for level in task.levels]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task.levels: level names must be unique, got {names}")
+        if isinstance(model, ScratchModelConfig) and model.n_embd % model.n_head:
+            raise ConfigError("model.n_embd: must be a multiple of model.n_head")
+        return MathSettings(task=task, model=model, generator=generator, learner=learner)
+
+    def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
+        """Rough expected tokens of one draw, for planning only (the ledger charges measured tokens):
+        about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
+        completion = settings.generator.max_new_tokens / 4
+        prompt = prompt_chars(settings.task) / 4
+        return {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
+                "completion_tokens": completion}
+
+    def usage_per_example(self, settings: MathSettings) -> Mapping[str, float]:
+        """Training reads the same prompt and completion tokens that generating the example produced."""
+        return self.usage_per_draw(settings)
+
+    def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
+        return {}
+
+    def build(self, config: RunConfig, settings: MathSettings) -> Components:
+        return build_components(config, settings)
+
+
+FAMILY = MathFamily()
+
+
+# -- planning usage: how long a prompt is ----------------------------------------------------------
+
+#: ``measured_prompt_chars`` of the task settings the examples use, keyed by ``planning_key``:
+#: planning them skips importing reasoning-gym (about a second, most of ``synthloop plan``).
+#: ``tests/test_hf.py`` checks every entry against the measurement and that every example hits one.
+PROMPT_CHARS: dict[str, float] = {
+    # examples/math-schedules.yaml, examples/math-schedules-weak.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}], ["chain_sum", {"max_digits": 1, "max_terms": 3, "min_digits": 1, "min_terms": 3}]], '
+    '"shots": 0, "style": "few_shot"}': 87.0,
+    # examples/math-smollm2.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}]], "shots": 3, "style": "chat"}': 187.0,
+}
+
+
+def planning_key(task: MathTaskConfig) -> str:
+    """What the planning prompt length depends on (level names and weights do not change it)."""
+    levels = [[level.dataset, level.params] for level in task.levels]
+    return json.dumps({"levels": levels, "shots": task.shots, "data_seed": task.data_seed,
+                       "style": task.style}, sort_keys=True)
+
+
+def measured_prompt_chars(task: MathTaskConfig) -> float:
+    """Mean characters of the prompts of four training problems per level (the chat template's
+    tokens counted as 120 characters)."""
+    levels = [Level(lv.name, lv.dataset, lv.params) for lv in task.levels]
+    pools = build_pools(levels, train_size=4, eval_size=1, n_shots=task.shots, data_seed=task.data_seed)
+    if task.style == "chat":  # the question plus about 30 tokens of chat template
+        return 120 + sum(len(p.question) for p in pools.train) / len(pools.train)
+    return sum(len(few_shot_prompt(p.question, pools.shots)) for p in pools.train) / len(pools.train)
+
+
+def prompt_chars(task: MathTaskConfig) -> float:
+    """``measured_prompt_chars``, read from ``PROMPT_CHARS`` where the settings are there."""
+    key = planning_key(task)
+    return PROMPT_CHARS[key] if key in PROMPT_CHARS else measured_prompt_chars(task)
+
+
+# -- wiring: the task, its Hugging Face models and the selector ---------------------------------
+
+
+def levels_of(settings: MathSettings) -> list[Level]:
+    return [Level(lv.name, lv.dataset, dict(lv.params), lv.weight) for lv in settings.task.levels]
+
+
+def build_model(settings: MathSettings) -> HFModel:
+    from synthloop.models.hf import export_smollm2, load_pretrained
+
+    spec = settings.model
+    if isinstance(spec, SmolLM2Config):
+        return load_pretrained(export_smollm2())
+    if isinstance(spec, PretrainedConfig):
+        return load_pretrained(spec.source)
+    assert isinstance(spec, ScratchModelConfig)
+    return scratch_for(spec, levels_of(settings), data_seed=settings.task.data_seed)
+
+
+def scratch_for(spec: ScratchModelConfig, levels: list[Level], *, data_seed: int) -> HFModel:
+    """A tiny GPT-2 pretrained on labelled seed problems (seeds disjoint from the task's pools)."""
+    from synthloop.models.scratch import PretrainConfig, TinyGPT2Config, scratch_model
+
+    seed_texts = []
+    for k, level in enumerate(levels):
+        problems = load_problems(level, size=spec.seed_problems, seed=10_000 + 97 * data_seed + k)
+        seed_texts += [f"{question_prompt(p.question)} {p.solution}" for p in problems]
+    architecture = TinyGPT2Config(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head,
+                                  n_positions=spec.n_positions, vocab_size=spec.vocab_size, seed=spec.seed)
+    training = PretrainConfig(steps=spec.pretrain_steps, batch_size=spec.pretrain_batch_size,
+                              lr=spec.pretrain_lr, bf16=spec.pretrain_bf16, seed=spec.seed)
+    return scratch_model(seed_texts, tokenizer_texts=seed_texts, vocab_size=spec.vocab_size,
+                         architecture=architecture, training=training)
+
+
+def longest_prompt(task: MathTask, model: HFModel, *, chat: bool, hints: bool) -> int:
+    """Tokens of the longest training prompt (hint prompts included when rationalizing)."""
+    from synthloop.models.hf import encode_prompt
+
+    pool = task.pools_.train
+    prompts = prompts_for(pool, range(len(pool)), task.pools_.shots, style=task.style)
+    texts = list(prompts.items["prompt"]) + (list(prompts.items["hint_prompt"]) if hints else [])
+    return max(len(encode_prompt(model.tokenizer, text, chat=chat)) for text in texts)
+
+
+def build_components(config: RunConfig, settings: MathSettings, *, model: HFModel | None = None) -> Components:
+    from synthloop.loop import Components
+    from synthloop.models.hf import HFGenerator
+    from synthloop.tasks.math import MathTask, MathVerifier, Rationalizing
+
+    g, t = settings.generator, settings.task
+    model = model or build_model(settings)
+    chat = t.style == "chat"
+    verifier = MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker)
+    task = MathTask(levels_of(settings), evaluator=HFGenerator(), train_size=t.train_size,
+                    eval_size=t.eval_size, shots=t.shots, data_seed=t.data_seed, verifier=verifier, style=t.style)
+    # The loop sizes generation chunks by the worst case of one draw, so the bound must be tight:
+    # the longest prompt this task can produce (capped by the configured limit).
+    max_prompt = min(g.max_prompt_tokens, longest_prompt(task, model, chat=chat, hints=t.rationalize))
+    sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                          stop_strings=tuple(g.stop_strings), batch_size=g.batch_size,
+                          max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat)
+    task.evaluator = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
+                                 stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
+                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
+    generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
+    return Components(task=task, generator=generator, selector=make_selector(config.selector),
+                      learner=sft_learner(settings.learner, model, chat=chat))
+
+
+def sft_learner(spec: LearnerConfig, model: HFModel, *, chat: bool) -> Any:
+    from synthloop.models.hf import LoraSettings, SFTLearner
+
+    lora = None if spec.lora is None else LoraSettings(
+        rank=spec.lora.rank, alpha=spec.lora.alpha, dropout=spec.lora.dropout,
+        target_modules=tuple(spec.lora.target_modules) if spec.lora.target_modules else None)
+    return SFTLearner(base=model, lr=spec.lr, weight_decay=spec.weight_decay, batch_size=spec.batch_size,
+                      grad_accum=spec.grad_accum, epochs=spec.epochs, max_length=spec.max_length, bf16=spec.bf16,
+                      reset=spec.reset, lora=lora, chat=chat, warmup_steps=spec.warmup_steps)

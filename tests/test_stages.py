@@ -1,0 +1,220 @@
+"""The loop's open stages: prompt policies, priced scoring / labeling / judging, training-set
+policies, selectors in streaming and batch use, budgets in seconds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pool_task import PoolGenerator, PoolTask, pool_components
+from synthloop import schedules
+from synthloop.budget import CostModel, Planner, UnitCosts
+from synthloop.loop import LoopSettings, Stages, run
+from synthloop.policies import UniformPrompts, WeightedPrompts
+from synthloop.records import Candidates, Observations, Prompts
+from synthloop.select import (
+    Passed,
+    RewardProportional,
+    RewardProportionalWithoutReplacement,
+    Threshold,
+    TopK,
+)
+from synthloop.testing import (
+    check_prompt_policy,
+    check_selector,
+    check_stateful,
+    check_training_set,
+)
+from synthloop.training_set import Accumulate, Mix, ThisIteration
+
+SELECTORS = [RewardProportional(), Threshold(threshold=0.3), Passed(), TopK(), RewardProportionalWithoutReplacement()]
+
+
+def _planner(budget: float, n0: float, *, per_draw: float = 0.0, per_selected: float = 1.0,
+             iterations: int | None = None) -> Planner:
+    return Planner(make=lambda n: schedules.exponential(n, 0.5), budget=budget,
+                   unit_costs=UnitCosts(per_draw, per_selected), acceptance_rate=0.3, n0=n0,
+                   max_iterations=iterations)
+
+
+# -- conformance --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector", SELECTORS, ids=lambda s: type(s).__name__)
+def test_every_selector_conforms(selector):
+    check_selector(selector)
+
+
+def test_prompt_policies_conform():
+    task = PoolTask()
+    check_prompt_policy(UniformPrompts(), task, model=0.5)
+    check_prompt_policy(WeightedPrompts(pool_size=task.pool_size), task, model=0.5)
+    check_prompt_policy(WeightedPrompts(pool_size=task.pool_size, scorer=task, factor=3.0), task, model=0.5)
+
+
+def _observed_policy(task: PoolTask) -> WeightedPrompts:
+    return WeightedPrompts(pool_size=task.pool_size, scorer=task)
+
+
+def test_weighted_policy_state_round_trips(tmp_path: Path):
+    task = PoolTask()
+
+    def advance(policy: WeightedPrompts):
+        chosen = policy.choose(task, 32, model=0.3, rng=np.random.default_rng(1))
+        verdicts = (chosen.prompts.items["difficulty"] > 1.5).astype(np.int8)  # hard ones fail
+        policy.observe(Observations.of(chosen.prompts.index, verdicts))
+        return policy.choose(task, 32, model=0.3, rng=np.random.default_rng(2)).prompts
+
+    check_stateful(lambda: _observed_policy(task), advance, tmp_path)
+
+
+def test_training_set_policies_conform():
+    task = PoolTask()
+    selected, prompts = task.sample(10, rng=np.random.default_rng(0))
+    for policy in (ThisIteration(), Accumulate(), Mix(task, alpha=0.25)):
+        check_training_set(policy, selected, prompts)
+        check_training_set(policy, selected, prompts)  # a second iteration: accumulate carries rows
+
+
+def test_accumulated_pool_round_trips(tmp_path: Path):
+    task = PoolTask()
+
+    def advance(policy: Accumulate):
+        selected, prompts = task.sample(7, rng=np.random.default_rng(3))
+        built = policy.build(selected, prompts, rng=np.random.default_rng(0))
+        return built.candidates.samples["x"], built.candidates.prompt_index, built.prompts.items["difficulty"]
+
+    check_stateful(Accumulate, advance, tmp_path)
+
+
+# -- policies in the loop -----------------------------------------------------------------------
+
+
+def test_weights_rise_on_failures_and_fall_on_passes():
+    policy = WeightedPrompts(pool_size=4, eta=1.0, explore=0.0)
+    policy.observe(Observations(np.array([0, 1, 2]), n_pass=np.array([0, 3, 0]), n_fail=np.array([4, 1, 0]),
+                                n_error=np.array([0, 0, 5])))
+    w = policy.weights_
+    assert w[0] > w[3] > w[1]  # failed-only > unseen > mostly passed
+    assert w[2] == w[3]  # only ERROR verdicts: no evidence either way
+    assert w[0] / w[3] == pytest.approx(math.e)
+
+
+def test_weighted_policy_focuses_generation_on_hard_prompts():
+    parts = pool_components(scored=False, accumulate=False, pool_size=60)
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 0.1}, "train": {"samples": 1.0}})
+    run(parts, _planner(3000, 100, per_draw=0.1, iterations=6), costs, LoopSettings(chunk_size=64), seed=0)
+    task = parts.task
+    assert isinstance(task, PoolTask) and isinstance(parts.prompt_policy, WeightedPrompts)
+    correlation = np.corrcoef(parts.prompt_policy.weights_, task.difficulty)[0, 1]
+    assert correlation > 0.5
+
+
+def test_scoring_is_a_priced_stage_and_the_pool_accumulates():
+    parts = pool_components(pool_size=30)
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 0.1}, "score": {"samples": 0.05},
+                                              "train": {"samples": 1.0}})
+    history = run(parts, _planner(2000, 40, per_draw=0.2), costs, LoopSettings(chunk_size=50), seed=1)
+    assert all(m.cost["score"] > 0 for m in history if m.n_generated > 0)
+    # the scorer scores factor * n drawn prompts for n chosen: 2 samples of scoring per draw
+    for m in history:
+        assert m.cost["score"] == pytest.approx(0.05 * 2 * m.n_generated)
+    filled = [m for m in history if m.n_selected > 0]  # the last may be refused: the pool no longer fits
+    trained = [m.n_trained for m in filled]
+    assert len(filled) >= 4 and trained == list(np.cumsum([m.n_selected for m in filled]))
+    assert [m.n_carried for m in filled] == [0, *trained[:-1]]
+    assert history[-1].cumulative_cost <= 2000 * (1 + 1e-12)
+
+
+def test_mix_adds_outside_rows_at_share_alpha():
+    parts = pool_components(scored=False, accumulate=False)
+    parts.training_set = Mix(parts.task, alpha=0.2)  # type: ignore[arg-type]
+    costs = CostModel(unit="samples", prices={"train": {"samples": 1.0}})
+    history = run(parts, _planner(600, 40), costs, LoopSettings(chunk_size=50), seed=2)
+    for m in history:
+        assert m.n_outside == round(0.25 * m.n_selected)
+        assert m.n_trained == m.n_selected + m.n_outside
+        assert m.cost["train"] == pytest.approx(m.n_trained)
+    assert history[-1].cumulative_cost <= 600 * (1 + 1e-12)
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+class JudgedGenerator(PoolGenerator):
+    """A generator that runs a judge on each draw itself: its checks are charged to ``judge``."""
+
+    def max_usage_per_draw(self) -> dict[str, float]:
+        return {"samples": 1.0, "judge:samples": 1.0}
+
+    def generate(self, model: float, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        candidates = super().generate(model, prompts, rng=rng)
+        return Candidates(candidates.samples, candidates.prompt_index,
+                          {**candidates.usage, "judge:samples": np.ones(len(prompts))})
+
+
+prices = st.floats(min_value=0.0, max_value=2.0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.floats(min_value=5, max_value=3000), c_label=prices, c_score=prices, c_judge=prices,
+       c_verify=prices, c_train=st.floats(min_value=0.01, max_value=3.0), n0=st.floats(min_value=1, max_value=80),
+       chunk=st.integers(min_value=4, max_value=200), selector=st.sampled_from(range(len(SELECTORS))),
+       batch=st.booleans(), accumulate=st.booleans(), seed=st.integers(0, 2**16))
+def test_no_run_spends_past_its_budget_with_every_stage_priced(
+        budget, c_label, c_score, c_judge, c_verify, c_train, n0, chunk, selector, batch, accumulate, seed):
+    """Teacher-style labeling, student scoring of prompts, a judge inside the generator: whatever
+    the prices, selector and use (streaming or batch), the ledger stays within the total, and every
+    iteration the budget did not cut keeps its n_t."""
+    chosen = SELECTORS[selector]
+    parts = pool_components(accumulate=accumulate)
+    parts.generator, parts.selector, parts.stages = JudgedGenerator(), chosen, Stages(generate="label")
+    costs = CostModel(unit="samples", prices={"label": {"samples": c_label}, "score": {"samples": c_score},
+                                              "judge": {"samples": c_judge}, "verify": {"samples": c_verify},
+                                              "train": {"samples": c_train}})
+    per_draw = c_label + 2 * c_score + c_judge + c_verify
+    mode = "select" if batch or not chosen.streaming else "accept"
+    history = run(parts, _planner(budget, n0, per_draw=per_draw, per_selected=c_train, iterations=6), costs,
+                  LoopSettings(mode=mode, chunk_size=chunk, oversample=3.0, max_draws_per_selected=400), seed=seed)
+    spent = history[-1].cumulative_cost if history else 0.0
+    assert spent <= budget * (1 + 1e-12) + 1e-9
+    assert all(m.n_selected == m.n_target for m in history if not m.cut)
+    assert sum(m.iteration_cost for m in history) == pytest.approx(spent)
+
+
+def test_a_budget_in_seconds_ends_cleanly_within_one_part_and_one_update():
+    parts = pool_components(scored=False, accumulate=False)
+    budget = 0.05  # seconds of generation, verification and training
+    costs = CostModel(unit="seconds", prices={"generate": {"seconds": 1.0}, "verify": {"seconds": 1.0},
+                                              "train": {"seconds": 1.0}})
+    planner = Planner(make=lambda n: schedules.constant(n), budget=budget, unit_costs=UnitCosts(1e-5, 1e-5),
+                      acceptance_rate=0.5, n0=200)
+    history = run(parts, planner, costs, LoopSettings(chunk_size=256), seed=0)
+    assert len(history) > 1 and history[-1].cumulative_cost > 0.9 * budget  # no budget left idle
+    assert all(m.cumulative_cost <= budget for m in history[:-1])
+    # the overrun is at most what the last iteration's work measured (its last part and update)
+    last = history[-1]
+    assert last.cumulative_cost <= budget + last.seconds["generate"] + last.seconds["verify"] + last.seconds["train"]
+
+
+@pytest.mark.parametrize("selector", SELECTORS, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("batch", [False, True], ids=["streaming", "batch"])
+def test_every_selector_keeps_n_t_when_the_budget_allows(selector, batch):
+    if not batch and not selector.streaming:
+        parts = pool_components()
+        parts.selector = selector
+        with pytest.raises(ValueError, match="streaming selector"):
+            run(parts, _planner(10_000, 30, iterations=3),
+                CostModel(unit="samples", prices={"train": {"samples": 1.0}}),
+                LoopSettings(mode="accept"), seed=0)
+        return
+    parts = pool_components()
+    parts.selector, parts.prompt_policy = selector, UniformPrompts()  # about half the draws pass
+    history = run(parts, _planner(10_000, 30, iterations=3), CostModel(unit="samples", prices={"train": {"samples": 1.0}}),
+                  LoopSettings(mode="select" if batch else "accept", oversample=20.0, chunk_size=64), seed=0)
+    assert [m.n_selected for m in history] == [m.n_target for m in history] == [30, 45, 68]
