@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from crashsafe_support import CRASH_CONFIG, FAST, cli, failing_at, snapshot, stores
+from crashsafe_support import CRASH_CONFIG, FAST, ROOT, cli, failing_at, snapshot, stores
 from synthloop.configs import load_config
 from synthloop.experiments import resume_run, run_config
 from synthloop.runs import check_run, repair
-from synthloop.store import IntegrityError, RunStore
+from synthloop.store import IntegrityError, RunDirectoryError, RunStore
 
 
 def truncate(path: Path) -> None:
@@ -215,3 +215,52 @@ def test_a_kill_between_the_manifest_and_the_ledger_rename_is_finished_on_resume
     assert not (run_dir / LEDGER_PENDING).exists()
     assert snapshot(run_dir) == finished[1]
     assert check_run(RunStore(run_dir)) == []
+
+
+# -- the backup manifest -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_backup_is_checked_and_rewritten_by_repair(
+    damage: str, finished: tuple[Path, dict[str, object]], tmp_path: Path,
+) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    DAMAGE[damage](run_dir / "manifest.backup.json")
+    assert [p for p in check_run(RunStore(run_dir)) if "manifest.backup.json" in p]
+    result = repair(FAST(run_dir))
+    assert not result.used_backup and result.kept_iterations == 8
+    assert any("manifest.backup.json" in p for p in result.problems)
+    assert (run_dir / "manifest.backup.json").read_bytes() == (run_dir / "manifest.json").read_bytes()
+    assert check_run(RunStore(run_dir)) == []
+    assert snapshot(run_dir) == finished[1]
+
+
+def test_repair_does_not_rely_on_a_damaged_backup(finished: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    run_dir = _copy(finished[0], tmp_path / "run")
+    bit_flip(run_dir / "manifest.json")
+    truncate(run_dir / "manifest.backup.json")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirectoryError, match=r"manifest\.json and manifest\.backup\.json are both damaged"):
+        repair(FAST(run_dir))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing touched
+    failed = cli("repair", run_dir, env={"SYNTHLOOP_FAULT_NO_FSYNC": "1"}, check=False)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "both damaged" in failed.stderr
+
+
+# -- sparse checkpoints: repair rolls back to near the damage ----------------------------------
+
+
+def test_damage_late_in_a_long_run_rolls_back_to_the_last_sparse_checkpoint(tmp_path: Path) -> None:
+    """14 iterations, keep_checkpoints 2: checkpoints of 12 and 13, and of every 5th iteration (4, 9)."""
+    config = load_config(ROOT / "tests" / "data" / "kill.yaml")
+    reference = tmp_path / "reference"
+    run_config(config, run_dir=reference, open_store=FAST)
+    expected = snapshot(reference)
+    assert expected["checkpoints_kept"] == [4, 9, 12, 13]
+    run_dir = _copy(reference, tmp_path / "run")
+    bit_flip(run_dir / "iter-0012" / "selected.parquet")
+    result = repair(FAST(run_dir))
+    assert result.kept_iterations == 10 and result.removed_iterations == [10, 11, 12, 13]
+    assert snapshot(run_dir)["checkpoints_kept"] == [4, 9]
+    resume_run(run_dir, open_store=FAST)
+    assert snapshot(run_dir) == expected
