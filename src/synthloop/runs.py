@@ -60,6 +60,7 @@ from synthloop.store import (
     iteration_dir,
     journal_path,
     ledger_table,
+    read_consistently,
     records_from_table,
 )
 from synthloop.store.files import ensure_dir
@@ -378,34 +379,15 @@ def check_run(store: RunStore) -> list[str]:
     Needs no lock: if a writer commits while the check runs (files it lists may then be deleted),
     the check starts over on the new state.
     """
-    for _ in range(5):
-        before = _manifest_bytes(store)
-        problems = _problems(RunStore(store.root))
-        if not problems or _manifest_bytes(store) == before:
-            return problems
-    return problems
-
-
-def _manifest_bytes(store: RunStore) -> bytes | None:
-    path = store.root / MANIFEST
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+    return read_consistently(store.root, lambda: _problems(RunStore(store.root)), failed=bool)
 
 
 def _problems(store: RunStore) -> list[str]:
-    problems = []
-    try:
-        store.read_manifest(MANIFEST_BACKUP)
-    except IntegrityError as error:
-        problems.append(error.problem)
     try:
         manifest = store.manifest()
     except IntegrityError as error:
-        return [error.problem, *problems]
-    for entry in manifest.files.values():
-        problems.extend(p for p in [_failure(store, entry)] if p)
+        return [error.problem, *_backup_problem(store)]
+    problems = [p for p in (_failure(store, e) for e in manifest.files.values()) if p]
     for it in manifest.iterations:
         try:
             record = store.iteration_record(it.iteration)
@@ -415,7 +397,15 @@ def _problems(store: RunStore) -> list[str]:
         checkpoint = it.checkpoint.files if it.checkpoint else ()
         problems.extend(p for p in (_failure(store, e) for e in [*record.files, *checkpoint]) if p)
     _intact_parts_all(store, manifest, problems)
-    return problems
+    return problems + _backup_problem(store)  # last: a commit writes it just after the manifest
+
+
+def _backup_problem(store: RunStore) -> list[str]:
+    try:
+        store.read_manifest(MANIFEST_BACKUP)
+    except IntegrityError as error:
+        return [error.problem]
+    return []
 
 
 def _intact_parts_all(store: RunStore, manifest: Manifest, problems: list[str]) -> None:

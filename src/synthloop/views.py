@@ -10,25 +10,22 @@ state they started from listed), they read again from the new state.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
 from synthloop.store import (
-    MANIFEST,
     MANIFEST_BACKUP,
-    IntegrityError,
     RunDirectoryError,
     RunStore,
     atomic_write_bytes,
+    read_consistently,
     table_bytes,
 )
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,29 +53,9 @@ class RunSummary:
                 f"{self.budget:g} {self.unit} ({100 * spent / self.budget:.1f}%); {state}")
 
 
-def consistently(run_dir: Path, read: Callable[[RunStore], T], *, attempts: int = 5) -> T:
-    """``read(store)``, again from the new state if a writer committed meanwhile and a file the old
-    state listed failed its check (it may have been deleted by that commit)."""
-    for attempt in range(attempts):
-        before = _bytes(Path(run_dir) / MANIFEST)
-        try:
-            return read(RunStore(run_dir))
-        except IntegrityError:
-            if attempt == attempts - 1 or _bytes(Path(run_dir) / MANIFEST) == before:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
 def run_summary(run_dir: Path, *, content: bool = False) -> RunSummary:
     """A run's summary, after checking every file's size (``content``: every file's sha256 too)."""
-    return consistently(run_dir, lambda store: _summary(store, content=content))
+    return read_consistently(Path(run_dir), lambda: _summary(RunStore(run_dir), content=content))
 
 
 def _summary(store: RunStore, *, content: bool) -> RunSummary:
@@ -113,7 +90,7 @@ def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
     Both load with ``datasets.load_dataset("parquet" | "json", data_files=...)``. Array samples become
     fixed-size lists (Parquet) or nested lists (JSON); ids are ``iteration``, ``part``, ``index``.
     """
-    table = consistently(run_dir, lambda store: _selected(store, iteration))
+    table = read_consistently(Path(run_dir), lambda: _selected(RunStore(run_dir), iteration))
     if out.suffix == ".jsonl":
         lines = [json.dumps(row, allow_nan=True) for row in table.to_pylist()]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode() if lines else b"")

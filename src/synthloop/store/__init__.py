@@ -30,6 +30,7 @@ from synthloop.store.run_store import (
     iteration_dir,
     journal_path,
     kept_checkpoint,
+    read_consistently,
     record_path,
 )
 from synthloop.store.schema import (
@@ -77,6 +78,7 @@ __all__ = [
     "json_default",
     "kept_checkpoint",
     "ledger_table",
+    "read_consistently",
     "record_path",
     "records_from_table",
     "sha256_file",

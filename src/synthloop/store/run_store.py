@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -572,3 +573,42 @@ def _prune(entries: list[IterationEntry], keep: int, sparse_every: int) -> tuple
 
 
 RunStoreFactory = Callable[[Path], RunStore]
+T = TypeVar("T")
+
+
+def _state(root: Path) -> tuple[bytes | None, ...]:
+    """The two manifests as they are now: what a commit changes."""
+    out: list[bytes | None] = []
+    for name in (MANIFEST, MANIFEST_BACKUP):
+        try:
+            out.append((root / name).read_bytes())
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def read_consistently(root: Path, read: Callable[[], T], *, failed: Callable[[T], bool] = lambda _: False,
+                      attempts: int = 5, pause: float = 0.05) -> T:
+    """``read()``, needing no lock: if it fails (raises ``IntegrityError``, or ``failed(result)``) and a
+    writer committed meanwhile (the manifest or its backup changed, or changes within ``pause``), read
+    again from the new state. A commit deletes files the state before it listed, and writes the
+    backup just after the manifest; a reader between the two must not call that damage."""
+    for attempt in range(attempts):
+        before = _state(root)
+        last = attempt == attempts - 1
+        try:
+            result = read()
+        except IntegrityError:
+            if last or not _changed(root, before, pause):
+                raise
+            continue
+        if not failed(result) or last or not _changed(root, before, pause):
+            return result
+    raise AssertionError("unreachable")
+
+
+def _changed(root: Path, before: tuple[bytes | None, ...], pause: float) -> bool:
+    if _state(root) != before:
+        return True
+    time.sleep(pause)
+    return _state(root) != before
