@@ -264,3 +264,21 @@ def test_damage_late_in_a_long_run_rolls_back_to_the_last_sparse_checkpoint(tmp_
     assert snapshot(run_dir)["checkpoints_kept"] == [4, 9]
     resume_run(run_dir, open_store=FAST)
     assert snapshot(run_dir) == expected
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path: Path,
+                                                               finished: tuple[Path, dict[str, object]]) -> None:
+    fast = {"SYNTHLOOP_FAULT_NO_FSYNC": "1"}
+    failed = cli("run", CRASH_CONFIG, "--runs-dir", tmp_path, check=False,
+                 env={**fast, "SYNTHLOOP_FAULT_OSERROR": "write:20:ENOSPC"})
+    run_dir = tmp_path / "crash"
+    last = failed.stderr.splitlines()[-1]
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert last.startswith("synthloop: injected I/O error at write: ") and ".tmp-" not in last
+    named = Path(last.rsplit(": ", 1)[1])
+    assert named.parent.is_relative_to(run_dir) and not named.exists()  # the file meant: never written
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # the partial one is gone
+    assert check_run(RunStore(run_dir)) == []
+    cli("resume", run_dir, env=fast)
+    assert snapshot(run_dir) == finished[1]

@@ -257,3 +257,12 @@ def test_report_of_a_run_with_no_iteration_yet(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(store.root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert len(_images(out.read_text())) == 4
+
+
+def test_report_to_a_folder_names_it_and_leaves_nothing(runs: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    result = runner.invoke(app, ["report", str(runs[0]), "--out", str(folder)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"synthloop: Is a directory: {folder}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"] and not list(folder.iterdir())
