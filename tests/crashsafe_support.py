@@ -95,7 +95,7 @@ def spent(run_dir: Path) -> float:
 
 
 def candidate_ids(run_dir: Path) -> list[tuple[int, int, int]]:
-    ids = []
+    ids: list[tuple[int, int, int]] = []
     for path in sorted(run_dir.glob("iter-*/candidates/part-*.parquet")):
         table = pq.read_table(path, columns=["iteration", "part", "index"]).to_pydict()
         ids.extend(zip(table["iteration"], table["part"], table["index"], strict=True))

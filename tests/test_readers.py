@@ -11,6 +11,7 @@ was, so it is caught by the commands that hash the file.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def bit_flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-DAMAGE = {"truncated": truncate, "bit-flipped": bit_flip, "deleted": Path.unlink}
+DAMAGE: dict[str, Callable[[Path], None]] = {"truncated": truncate, "bit-flipped": bit_flip, "deleted": Path.unlink}
 
 
 def detects(command: str, kind: str, damage: str) -> bool:

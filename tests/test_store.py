@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -69,7 +70,7 @@ def test_extra_columns_round_trip_bit_for_bit() -> None:
     rng = np.random.default_rng(1)
     loss = rng.standard_normal(5).astype(np.float32)
     loss[2] = -0.0
-    extra = {"loss": loss, "embedding": rng.standard_normal((5, 3, 2)).astype(np.float16),
+    extra: dict[str, Any] = {"loss": loss, "embedding": rng.standard_normal((5, 3, 2)).astype(np.float16),
              "labeler": ["teacher", "student", "", "ü", "teacher"], "rank": np.arange(5, dtype=np.int16),
              "flag": np.array([True, False, True, True, False])}
     candidates = Candidates(samples={"x": rng.standard_normal((5, 2))}, prompt_index=np.full(5, -1),

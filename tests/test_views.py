@@ -30,8 +30,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two runs of the crash config (seeds 7 and 8) and one at another budget."""
     base = load_config(CRASH_CONFIG)
     out = []
-    for name, update in {"a": {"seed": 7}, "b": {"seed": 8},
-                         "c": {"budget": base.budget.model_copy(update={"total": 400.0})}}.items():
+    updates: dict[str, dict[str, object]] = {"a": {"seed": 7}, "b": {"seed": 8},
+                                             "c": {"budget": base.budget.model_copy(update={"total": 400.0})}}
+    for name, update in updates.items():
         run_dir = tmp_path_factory.mktemp(name) / "run"
         run_config(base.model_copy(update={"name": f"crash-{name}", **update}), run_dir=run_dir, open_store=FAST)
         out.append(run_dir)
