@@ -94,6 +94,18 @@ def batch(parts: Components) -> tuple[Prompts, Candidates]:
 # -- conformance -------------------------------------------------------------------------------
 
 
+def test_the_digits_are_a_prompt_pool_for_weighted_policies(parts: Components) -> None:
+    from synthloop.policies import WeightedPrompts
+    from synthloop.protocols import PromptPool
+    from synthloop.testing import check_prompt_policy
+
+    task = parts.task
+    assert isinstance(task, PromptPool)
+    again = task.prompts_at(np.array([5, 5]))
+    assert np.array_equal(again.items["clean"][0], again.items["clean"][1])
+    check_prompt_policy(WeightedPrompts(pool_size=task.pool_size), task, model=parts.learner.model)
+
+
 def test_task_conforms(parts: Components) -> None:
     check_task(parts.task)
     metrics = check_evaluation(parts.task, parts.learner.model)

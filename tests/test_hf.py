@@ -270,6 +270,17 @@ def test_rationalization_retries_failures_with_the_hint(tokenizer: object) -> No
     assert all(candidates.samples["rationalized"])  # an untrained model fails every prompt
     assert candidates.samples["prompt"] == prompts.items["prompt"]  # trained without the hint
     assert np.all(candidates.usage["samples"] == 2)
+    assert np.all(candidates.usage["verify:samples"] == 1)  # the check it ran itself, charged to verify
+
+
+def test_math_task_is_a_prompt_pool_for_weighted_policies() -> None:
+    from synthloop.policies import WeightedPrompts
+    from synthloop.testing import check_prompt_policy
+
+    task = small_task()
+    again = task.prompts_at(np.array([3, 0, 3]))
+    assert again.index.tolist() == [3, 0, 3] and again.items["prompt"][0] == again.items["prompt"][2]
+    check_prompt_policy(WeightedPrompts(pool_size=task.pool_size), task, model=None)
 
 
 # -- the loop ---------------------------------------------------------------------------------

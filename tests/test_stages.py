@@ -4,6 +4,7 @@ policies, selectors in streaming and batch use, budgets in seconds."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pool_task import PoolGenerator, PoolTask, pool_components
+from pool_task import PoolGenerator, PoolTask, PoolVerifier, pool_components
 from synthloop import schedules
 from synthloop.budget import CostModel, Planner, UnitCosts
 from synthloop.loop import LoopSettings, Stages, run
 from synthloop.policies import UniformPrompts, WeightedPrompts
-from synthloop.records import Candidates, Observations, Prompts
+from synthloop.records import Candidates, Observations, Prompts, Scores
 from synthloop.select import (
     Passed,
     RewardProportional,
@@ -183,7 +184,9 @@ def test_no_run_spends_past_its_budget_with_every_stage_priced(
                   LoopSettings(mode=mode, chunk_size=chunk, oversample=3.0, max_draws_per_selected=400), seed=seed)
     spent = history[-1].cumulative_cost if history else 0.0
     assert spent <= budget * (1 + 1e-12) + 1e-9
-    assert all(m.n_selected == m.n_target for m in history if not m.cut)
+    for m in history:
+        if not m.cut:  # the budget allowed n_t: streaming keeps it; batch draws all N_t
+            assert m.n_selected == m.n_target or (mode == "select" and m.n_generated == math.ceil(3.0 * m.n_target))
     assert sum(m.iteration_cost for m in history) == pytest.approx(spent)
 
 
@@ -218,3 +221,59 @@ def test_every_selector_keeps_n_t_when_the_budget_allows(selector, batch):
     history = run(parts, _planner(10_000, 30, iterations=3), CostModel(unit="samples", prices={"train": {"samples": 1.0}}),
                   LoopSettings(mode="select" if batch else "accept", oversample=20.0, chunk_size=64), seed=0)
     assert [m.n_selected for m in history] == [m.n_target for m in history] == [30, 45, 68]
+
+
+class SlowGenerator(PoolGenerator):
+    """Generation that takes a millisecond per part: measured seconds eat into reserved training."""
+
+    def generate(self, model: float, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        time.sleep(0.001)
+        return super().generate(model, prompts, rng=rng)
+
+
+def test_seconds_next_to_ahead_priced_training_never_crash_and_never_overspend_ahead():
+    """Generation priced in measured seconds, training per sample: the seconds may run past what
+    was predicted, and training then shrinks to what is left instead of raising."""
+    for seed in range(3):
+        parts = pool_components(scored=False, accumulate=False)
+        parts.generator = SlowGenerator()
+        costs = CostModel(unit="mixed", prices={"generate": {"seconds": 1.0}, "train": {"samples": 1e-4}})
+        planner = Planner(make=schedules.constant, budget=0.05, unit_costs=UnitCosts(1e-5, 1e-4),
+                          acceptance_rate=0.5, n0=200)
+        history = run(parts, planner, costs, LoopSettings(chunk_size=16), seed=seed)
+        last = history[-1]
+        assert last.cumulative_cost <= 0.05 + last.seconds["generate"]
+        assert all(m.cost["train"] == pytest.approx(1e-4 * m.n_trained) for m in history)
+
+
+def test_a_batch_iteration_that_keeps_fewer_than_n_t_does_not_end_the_run():
+    parts = pool_components(scored=False, accumulate=False)
+    parts.selector, parts.prompt_policy = Passed(), UniformPrompts()
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 0.2}, "train": {"samples": 1.0}})
+    planner = Planner(make=schedules.constant, budget=600, unit_costs=UnitCosts(0.2, 1.0),
+                      acceptance_rate=0.3, n0=40)
+    history = run(parts, planner, costs, LoopSettings(mode="select", oversample=1.2, chunk_size=64), seed=5)
+    assert any(m.n_selected < m.n_target for m in history[:-1])  # short iterations, and the run went on
+    assert history[-1].cumulative_cost > 0.9 * 600
+
+
+class TokenJudge(PoolVerifier):
+    """A verifier that reports tokens (a judge model reading each answer)."""
+
+    def verify(self, candidates: Candidates, prompts: Prompts) -> Scores:
+        scores = super().verify(candidates, prompts)
+        return Scores(scores.reward, scores.verdict,
+                      usage={"samples": np.ones(len(scores)), "tokens": np.full(len(scores), 100.0)})
+
+
+def test_a_verifier_priced_by_tokens_is_bounded_before_generation():
+    costs = CostModel(unit="tokens", prices={"verify": {"tokens": 1.0}, "train": {"samples": 1.0}})
+    planner = Planner(make=schedules.constant, budget=5000, unit_costs=UnitCosts(100, 1.0), acceptance_rate=0.5, n0=20)
+    parts = pool_components(scored=False, accumulate=False)
+    parts.task.verifier = TokenJudge(parts.task.difficulty)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"budget.costs.verify.tokens"):  # undeclared: refused up front
+        run(parts, planner, costs, LoopSettings(chunk_size=64), seed=0)
+    parts.verify_usage_per_candidate = {"samples": 1.0, "tokens": 100.0}
+    history = run(parts, planner, costs, LoopSettings(chunk_size=64), seed=0)
+    assert history[-1].cumulative_cost <= 5000
+    assert all(m.cost["verify"] == 100 * m.n_generated for m in history)

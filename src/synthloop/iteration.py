@@ -12,7 +12,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy.typing as npt
 from synthloop import faults
 from synthloop.budget import TOLERANCE, Ledger
 from synthloop.events import Event, PartDone
-from synthloop.protocols import Batch
+from synthloop.protocols import Batch, TrainingSet
 from synthloop.records import Candidates, IterationRecord, Observations, Prompts, Verdict
 from synthloop.runs import Journal, Part, without_usage
 
@@ -91,7 +91,9 @@ class Iteration:
             self._generate_part(size, model)
         if not self.streaming:
             self._select_all()
-        exhausted = refused or self.n_kept < self.target
+        # streaming stops short only when the budget or a near-zero acceptance stops it: the run
+        # ends; a batch selector may keep fewer than n_t of N_t on its own, and the run goes on
+        exhausted = refused or (self.streaming and self.n_kept < self.target)
         self.parts.prompt_policy.observe(Observations.concat(self.observed))
         return self._finish(cut=planned_cut or exhausted, exhausted=exhausted, started=started)
 
@@ -133,7 +135,7 @@ class Iteration:
         costs, stages = self.ledger.costs, self.parts.stages
         bound = sum(costs.per_unit(stage, usage)
                     for stage, usage in _by_stage(self.parts.generator.max_usage_per_draw(), stages.generate).items())
-        bound += costs.per_unit(stages.verify, {"samples": 1.0})
+        bound += costs.per_unit(stages.verify, self.parts.verify_usage_per_candidate)
         bound += costs.per_unit(stages.score, self.parts.prompt_policy.usage_per_prompt())
         return bound + sum(self.ledger.seconds_cost_per_item(s) for s in (stages.generate, stages.verify))
 
@@ -260,13 +262,29 @@ class Iteration:
             return {}, (0, 0, 0)
         selected = Candidates.concat([k.batch.candidates for k in self.kept])
         prompts = Prompts.concat([k.batch.prompts for k in self.kept])
-        training_set = self.parts.training_set.build(selected, prompts, rng=self.rng(TRAINING_SET))
+        training_set = self._affordable_training(
+            self.parts.training_set.build(selected, prompts, rng=self.rng(TRAINING_SET)))
         clock = time.perf_counter()
         metrics = self.parts.learner.update(training_set.candidates, training_set.prompts, rng=self.rng(UPDATE))
         faults.point("train", str(self.t))
         usage = _totals(self.parts.learner.training_usage(training_set.candidates))
         self._charge(self.parts.stages.train, usage, len(training_set.candidates), time.perf_counter() - clock)
         return metrics, (len(training_set.candidates), training_set.n_carried, training_set.n_outside)
+
+    def _affordable_training(self, training_set: TrainingSet) -> TrainingSet:
+        """The training set, its last rows dropped if their cost no longer fits: only where measured
+        seconds of this iteration's parts ate into the training cost reserved for them."""
+        cost = self._train_cost(training_set.candidates)
+        room = self.ledger.remaining * (1 + TOLERANCE)
+        if cost.sum() <= room:
+            return training_set
+        fits = np.arange(int(np.searchsorted(np.cumsum(cost), room, side="right")))
+        # rows are carried ones first (accumulate), then the selection, then outside ones (mix)
+        n_carried = min(training_set.n_carried, len(fits))
+        n_selected = min(training_set.n_selected, len(fits) - n_carried)
+        return replace(training_set, candidates=training_set.candidates.take(fits),
+                       prompts=training_set.prompts.take(fits), n_selected=n_selected, n_carried=n_carried,
+                       n_outside=len(fits) - n_carried - n_selected)
 
     def _record(self, *, cut: bool, exhausted: bool, started: float,
                 training: tuple[dict[str, float], tuple[int, int, int]],

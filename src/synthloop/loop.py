@@ -26,11 +26,11 @@ regenerated, so their budget is never spent twice (``docs/run-directory.md``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from synthloop.budget import CostModel, Ledger, Planner, UnitCosts
+from synthloop.budget import CostModel, Ledger, Planner, UnitCosts, check_priced
 from synthloop.events import Event, Finished, IterationDone, Started
 from synthloop.iteration import Iteration, rng_for
 from synthloop.policies import UniformPrompts
@@ -75,6 +75,7 @@ class Components:
     prompt_policy: PromptPolicy = field(default_factory=UniformPrompts)
     training_set: TrainingSetPolicy = field(default_factory=ThisIteration)
     stages: Stages = Stages()
+    verify_usage_per_candidate: Mapping[str, float] = field(default_factory=lambda: {"samples": 1.0})
 
     def stateful(self) -> dict[str, Stateful]:
         """Every component with state, by the name of its checkpoint folder."""
@@ -102,6 +103,7 @@ def run(
     If ``store`` holds committed progress, the run continues from its last committed state.
     """
     stream = streaming(settings, parts.selector)
+    check_priced(costs.prices, declared_usage(parts, costs))
     ledger = Ledger(total=planner.budget, costs=costs)
     emit = report or (lambda event: None)
     journal = Journal(store, store_candidates=settings.store_candidates,
@@ -129,6 +131,22 @@ def run(
     journal.finish()
     emit(Finished(history=history, spent=ledger.spent))
     return history
+
+
+def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, float]]:
+    """Stage -> quantity -> usage bound per draw that the components report, for ``check_priced``.
+
+    Training usage depends on the rows trained on, so its quantities are checked at each charge.
+    """
+    stages = parts.stages
+    declared: dict[str, dict[str, float]] = {stages.generate: {}}
+    for name, amount in parts.generator.max_usage_per_draw().items():
+        stage, _, quantity = name.rpartition(":")
+        declared.setdefault(stage or stages.generate, {})[quantity] = amount
+    declared[stages.verify] = dict(parts.verify_usage_per_candidate)
+    declared[stages.score] = dict(parts.prompt_policy.usage_per_prompt())
+    declared[stages.train] = dict(costs.prices.get(stages.train, {}))
+    return declared
 
 
 def measured(record: IterationRecord, acceptance: float, unit_costs: UnitCosts,

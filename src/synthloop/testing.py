@@ -27,7 +27,7 @@ from synthloop.protocols import (
     TrainingSetPolicy,
     Verifier,
 )
-from synthloop.records import Candidates, Prompts, Scores, Verdict, column_length, ones_usage
+from synthloop.records import Candidates, Observations, Prompts, Scores, Verdict, column_length, ones_usage
 from synthloop.state import Stateful
 
 
@@ -162,6 +162,15 @@ def check_prompt_policy(policy: PromptPolicy, task: Task, model: Any) -> None:
     again = policy.choose(task, 16, model=model, rng=_rng(8))
     assert len(first.prompts) == 16, f"asked for 16 prompts, got {len(first.prompts)}"
     assert _equal_columns(first.prompts.index, again.prompts.index), "choose is not deterministic for a seed"
+    with tempfile.TemporaryDirectory() as folder:
+        policy.save(Path(folder))
+        index = first.prompts.index
+        policy.observe(Observations(index[:1], np.zeros(1, np.int64), np.full(1, 5, np.int64),
+                                    np.zeros(1, np.int64)))  # state moves on ...
+        policy.load(Path(folder))  # ... and comes back
+    restored = policy.choose(task, 16, model=model, rng=_rng(8))
+    assert _equal_columns(first.prompts.index, restored.prompts.index), \
+        "a policy loaded from its saved state chooses differently"
     declared = policy.usage_per_prompt()
     for quantity, amount in first.usage.items():
         assert quantity in declared, f"usage {quantity!r} is reported but not declared in usage_per_prompt"

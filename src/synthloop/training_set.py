@@ -8,7 +8,7 @@
   n_outside = round(alpha / (1 - alpha) * n_selected).
 
 Whether the learner continues from its current model or restarts from the base model (STaR) is
-the learner's own option (``restart`` in its config), since only it knows its base model.
+the learner's own option (``reset: restart`` in the math family's learner config), since only it knows its base model.
 
 The loop reserves, before generating, the training cost of the rows a policy adds beyond the
 selection (``reserve``), so a run never spends past its budget on training it cannot pay for.

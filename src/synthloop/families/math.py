@@ -155,12 +155,15 @@ class MathFamily:
         about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
         completion = settings.generator.max_new_tokens / 4
         prompt = prompt_chars(settings.task) / 4
-        return {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
-                "completion_tokens": completion}
+        usage = {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
+                 "completion_tokens": completion}
+        if settings.task.rationalize:  # the first attempt is checked inside the generator
+            usage["verify:samples"] = 1.0
+        return usage
 
     def usage_per_example(self, settings: MathSettings) -> Mapping[str, float]:
         """Training reads the same prompt and completion tokens that generating the example produced."""
-        return self.usage_per_draw(settings)
+        return {k: v for k, v in self.usage_per_draw(settings).items() if ":" not in k}
 
     def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
         return {}

@@ -124,19 +124,14 @@ def reverse(model: DenoisingModel, noisy: torch.Tensor, *, noise_step: int, gene
     return x
 
 
-_DDIM: dict[int, Any] = {}
-
-
 def _ddim_for(ddpm: Scheduler) -> Scheduler:
-    """A DDIM scheduler with the DDPM's betas and unit steps (t -> t - 1), made once per schedule."""
+    """A DDIM scheduler with the DDPM's betas and unit steps (t -> t - 1); made per call (a few
+    arrays of num_train_timesteps), so no cache outlives the model it was made for."""
     from diffusers import DDIMScheduler
 
-    key = id(ddpm)
-    if key not in _DDIM:
-        ddim: Any = DDIMScheduler.from_config(ddpm.config)
-        ddim.set_timesteps(ddpm.config.num_train_timesteps)
-        _DDIM[key] = ddim
-    return _DDIM[key]
+    ddim: Any = DDIMScheduler.from_config(ddpm.config)
+    ddim.set_timesteps(ddpm.config.num_train_timesteps)
+    return ddim
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -332,8 +327,9 @@ def pretrain_key(spec: PretrainSpec, images: npt.NDArray[np.float32]) -> str:
 def pretrain(spec: PretrainSpec, images: npt.NDArray[np.float32], *,
              device: str = "cpu") -> tuple[UNet, Scheduler]:
     """Train a small DDPM on ``images`` ([n, C, H, W] in [-1, 1]) from a fixed seed."""
-    torch.manual_seed(spec.seed)  # weight init: diffusers draws it from torch's global generator
-    unet = spec.unet.build().to(device).train()
+    with torch.random.fork_rng():  # weight init draws from torch's global generator: seed a fork of it
+        torch.manual_seed(spec.seed)
+        unet = spec.unet.build().to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.Adam(unet.parameters(), lr=spec.lr)
     rng = np.random.default_rng(spec.seed)

@@ -452,15 +452,16 @@ class SFTLearner:
             return {"loss": math.nan, "optimizer_steps": 0.0, "trained_tokens": 0.0}
         examples = [self.encode(p, c) for p, c in zip(self._training_prompts(selected),
                                                         selected.samples["completion"], strict=True)]
-        torch.manual_seed(int(rng.integers(0, 2**63 - 1)))  # dropout, if the model has any
         losses, tokens, steps = [], 0, 0
-        for _ in range(self.epochs):
-            for group in self._groups(examples, rng):
-                loss, n_tokens = self.optimizer_step([examples[i] for i in group])
-                losses.append(loss)
-                tokens += n_tokens
-                steps += 1
-                self.steps_ += 1
+        with torch.random.fork_rng():  # dropout, if the model has any, from a seeded fork: no global state
+            torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
+            for _ in range(self.epochs):
+                for group in self._groups(examples, rng):
+                    loss, n_tokens = self.optimizer_step([examples[i] for i in group])
+                    losses.append(loss)
+                    tokens += n_tokens
+                    steps += 1
+                    self.steps_ += 1
         return {"loss": float(np.mean(losses)), "optimizer_steps": float(steps), "trained_tokens": float(tokens)}
 
     def _groups(self, examples: Sequence[tuple[list[int], int]], rng: np.random.Generator) -> Iterator[list[int]]:

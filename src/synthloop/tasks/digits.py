@@ -221,7 +221,15 @@ class DigitsDenoiseTask:
         return True
 
     def sample_prompts(self, n: int, *, rng: np.random.Generator) -> Prompts:
-        index = rng.integers(0, len(self.data.train), n)
+        return self.prompts_at(rng.integers(0, len(self.data.train), n))
+
+    @property
+    def pool_size(self) -> int:
+        """The clean training images, which weighted prompt policies draw from by index."""
+        return len(self.data.train)
+
+    def prompts_at(self, indices: npt.NDArray[np.int64]) -> Prompts:
+        index = np.asarray(indices, dtype=np.int64)
         return Prompts(index=index, items={"clean": self.data.train[index]})
 
     def evaluate(self, model: DenoisingModel, *, rng: np.random.Generator) -> dict[str, float]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
@@ -307,6 +308,14 @@ class MathTask:
         index = rng.choice(len(self.pools_.train), size=n, p=self._train_p)
         return prompts_for(self.pools_.train, index.tolist(), self.pools_.shots, style=self.style)
 
+    @property
+    def pool_size(self) -> int:
+        """The training problems, which weighted prompt policies draw from by index."""
+        return len(self.pools_.train)
+
+    def prompts_at(self, indices: npt.NDArray[np.int64]) -> Prompts:
+        return prompts_for(self.pools_.train, [int(i) for i in indices], self.pools_.shots, style=self.style)
+
     def held_out_prompts(self) -> Prompts:
         return prompts_for(self.pools_.held_out, range(len(self.pools_.held_out)), self.pools_.shots,
                            style=self.style)
@@ -331,7 +340,9 @@ class Rationalizing:
     """STaR's rationalization: prompts the model fails are retried with the answer as a hint.
 
     A retried row keeps its original prompt (without the hint) as the training prompt, as in STaR;
-    its usage is the sum of both attempts; ``samples["rationalized"]`` marks it.
+    its usage is the sum of both attempts; ``samples["rationalized"]`` marks it. The check of every
+    first attempt is verification done here: it is reported as ``verify:samples``, which the loop
+    charges to the ``verify`` stage.
     """
 
     generator: Generator
@@ -340,7 +351,7 @@ class Rationalizing:
     prompt_key: str = "prompt"
 
     def max_usage_per_draw(self) -> dict[str, float]:
-        return {k: 2 * v for k, v in self.generator.max_usage_per_draw().items()}
+        return {**{k: 2 * v for k, v in self.generator.max_usage_per_draw().items()}, "verify:samples": 1.0}
 
     def generate(self, model: Any, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
         first_rng, retry_rng = rng.spawn(2)
@@ -360,4 +371,5 @@ class Rationalizing:
             for k in usage:
                 usage[k][failed] += second.usage[k]
         samples = {**first.samples, "completion": completions, "rationalized": rationalized}
+        usage["verify:samples"] = np.ones(len(prompts))
         return Candidates(samples=samples, prompt_index=first.prompt_index, usage=usage)
