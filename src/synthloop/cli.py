@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ MlflowOpt = Annotated[
 def open_store(root: Path) -> RunStore:
     """A writer's store: fault injection and fsync come from the environment at this edge only
     (``SYNTHLOOP_FAULT_*``, which tests set; see ``synthloop.faults``)."""
-    return RunStore(root, fsync=fsync_from_environment(os.environ), faults=Faults.from_environment(os.environ))
+    return RunStore(root, fsync=fsync_from_environment(), faults=Faults.from_environment())
 
 
 @contextmanager

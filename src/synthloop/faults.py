@@ -28,6 +28,7 @@ Names: ``generate``, ``verify``, ``write``, ``append``, ``checkpoint``, ``train`
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -69,8 +70,10 @@ class Faults:
             time.sleep(self.delay)
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> Faults:
-        """The faults the ``SYNTHLOOP_FAULT_*`` variables ask for (the command line's edge)."""
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Faults:
+        """The faults the ``SYNTHLOOP_FAULT_*`` variables ask for (``os.environ`` by default), for
+        entry points only: the command line, a test's script."""
+        environ = os.environ if environ is None else environ
         oserror = None
         if environ.get(PREFIX + "OSERROR"):
             name, _, rest = environ[PREFIX + "OSERROR"].partition(":")
@@ -85,8 +88,9 @@ class Faults:
                     trace=Path(trace) if trace else None, oserror=oserror, wait=wait)
 
 
-def fsync_from_environment(environ: Mapping[str, str]) -> bool:
+def fsync_from_environment(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the store should fsync: yes unless ``SYNTHLOOP_FAULT_NO_FSYNC`` is set."""
+    environ = os.environ if environ is None else environ
     return environ.get(PREFIX + "NO_FSYNC", "") not in ("1", "true")
 
 
