@@ -346,7 +346,7 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     trained = sum(r["cost"] for r in ledger if r["stage"] == "train")
     assert generated > 0 and trained > 0  # both priced in tokens
     assert trained == pytest.approx(sum(m.train["trained_tokens"] for m in history))
-    assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()
+    assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "learner" / "trainable.safetensors").is_file()
 
 
 def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: object) -> None:
