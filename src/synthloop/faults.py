@@ -94,7 +94,7 @@ def fsync_from_environment(environ: Mapping[str, str] | None = None) -> bool:
     return environ.get(PREFIX + "NO_FSYNC", "") not in ("1", "true")
 
 
-# -- transitional: loop.py still calls ``faults.point``; it will call ``Journal.point`` instead -----
+# -- transitional: iteration.py still calls ``faults.point``; it will call ``Journal.point`` instead
 
 _loop_faults = Faults()
 

@@ -103,7 +103,7 @@ class Journal:
         self.store_candidates = store_candidates
         self.keep_checkpoints = keep_checkpoints
         self.sparse_every = sparse_every
-        # transitional: loop.py still calls faults.point; it will call Journal.point
+        # transitional: iteration.py still calls faults.point; it will call self.journal.point
         faults.route_loop_points(store.faults if store is not None else faults.Faults())
 
     def point(self, name: str, detail: str = "") -> None:
