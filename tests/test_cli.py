@@ -133,3 +133,30 @@ def test_unknown_compare_schedule(tmp_path):
     result = synthloop("compare", tiny_config(tmp_path), "--schedules", "cosine", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown schedule 'cosine'; the config names constant, exponential" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_run_named_dot_or_dotdot_writes_nothing_and_keeps_the_users_config(tmp_path, name):
+    # `name: ".."` used to pass the name pattern: the run went into the parent of --runs-dir (here the
+    # working directory) and overwrote the user's own config.yaml there.
+    own = b"# the user's own config\nname: mine\n"
+    (tmp_path / "config.yaml").write_bytes(own)
+    (tmp_path / "cfg").mkdir()
+    path = tiny_config(tmp_path / "cfg", name=name)  # cfg/config.yaml, beside the user's own
+    for args in (("run", path), ("run", path, "--runs-dir", tmp_path / "runs")):
+        result = synthloop(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"name: {name!r} is not a folder name" in result.stderr
+    assert (tmp_path / "config.yaml").read_bytes() == own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg", "config.yaml"]
+
+
+def test_compare_runs_stay_inside_out(tmp_path):
+    path = tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["compare"]["schedules"] = {"../../escaped": config["compare"]["schedules"]["constant"]}
+    path.write_text(yaml.safe_dump(config))
+    result = synthloop("compare", path, "--out", tmp_path / "out" / "cmp", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "compare.schedules: schedule names name folders: '../../escaped' is not a folder name" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()

@@ -14,8 +14,10 @@ from rich.table import Table
 
 from synthloop.configs import ConfigError, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
+from synthloop.names import child_path
 from synthloop.records import IterationRecord
 from synthloop.store import RunDirectoryError, RunStore
+from synthloop.yamlio import MAX_MESSAGE, one_line
 
 app = typer.Typer(
     help="Iterative synthetic-data bootstrapping under a compute budget.",
@@ -92,7 +94,8 @@ def run(
 
     with clear_errors():
         cfg = load_config(config)
-        run_dir = runs_dir / cfg.name
+        run_dir = child_path(runs_dir, cfg.name)
+        make_planner(cfg)  # a plan that cannot run fails here, before a tracker writes its first file
         with RunProgress() as progress, _trackers(cfg.name, tensorboard, mlflow) as trackers:
             history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
                                  overwrite=overwrite, open_store=open_store)
@@ -161,7 +164,7 @@ def compare(
         if names is not None and not names:
             raise ConfigError("--schedules: give at least one schedule name")
         n_seeds = seeds or cfg.compare.seeds
-        folder = out or Path("runs") / f"{cfg.name}-compare"
+        folder = out or child_path(Path("runs"), f"{cfg.name}-compare")
         total = len(names or cfg.compare.schedules) * n_seeds
         with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("runs", total=total)
@@ -270,7 +273,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    app()
+    """Run the app; a usage error is one line too (click's own is a box under a usage line)."""
+    if len(sys.argv) < 2:
+        app()  # no arguments: the help page
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as error:  # click's usage errors (exit 2) and other click errors
+        typer.echo(f"synthloop: {one_line(error.format_message(), MAX_MESSAGE)} (see --help)", err=True)
+        code = error.exit_code
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,26 @@ A bad config raises :class:`ConfigError` with one line naming the field and what
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthloop import schedules
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced
+from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced, plan
 from synthloop.loop import LoopSettings
+from synthloop.names import check_name
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.select import (
     Passed,
@@ -29,7 +39,11 @@ from synthloop.select import (
     Threshold,
     TopK,
 )
+from synthloop.strict import Strict
 from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
+from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
+
+__all__ = ["ConfigError", "RunConfig", "Strict", "load_config", "parse_config"]
 
 #: task kind -> module whose ``FAMILY`` object validates and builds that kind's components.
 FAMILIES: dict[str, str] = {
@@ -40,33 +54,38 @@ FAMILIES: dict[str, str] = {
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line naming the field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Sanity bounds: past these a run cannot finish (or its plan cannot even be computed).
+MAX_ITERATIONS = 10_000
+MAX_SELECTED = 10**9  # n_t, selected samples in one iteration
+MAX_DRAWS = 10**9  # expected draws in one iteration (n_t / acceptance rate)
+MAX_OVERSAMPLE = 10_000
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 1_000
+MAX_CHUNK = 1 << 20
 
 
 class Section(BaseModel):
     """A family-owned section: ``kind`` plus whatever the family's own model accepts."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     kind: str
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
+Name = Annotated[str, AfterValidator(check_name)]
+Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
+
+
 # -- schedules ---------------------------------------------------------------------------------
 
-N0 = Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["auto"]
+N0 = Annotated[float, Field(gt=0, le=MAX_SELECTED)] | Literal["auto"]
 
 
 class _ScheduleBase(Strict):
     n0: N0 = "auto"
-    iterations: Annotated[int, Field(ge=1)] | None = None
+    iterations: Iterations | None = None
 
     @model_validator(mode="after")
     def _auto_needs_iterations(self) -> _ScheduleBase:
@@ -81,17 +100,17 @@ class ConstantSchedule(_ScheduleBase):
 
 class LinearSchedule(_ScheduleBase):
     kind: Literal["linear"]
-    slope: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    slope: Annotated[float, Field(ge=0, le=MAX_SELECTED)] | None = None
 
 
 class PolynomialSchedule(_ScheduleBase):
     kind: Literal["polynomial"]
-    alpha: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    alpha: Annotated[float, Field(ge=0, le=100)]
 
 
 class ExponentialSchedule(_ScheduleBase):
     kind: Literal["exponential"]
-    growth: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    growth: Annotated[float, Field(gt=0, le=1000)]
 
 
 class GaussianOptimalSchedule(_ScheduleBase):
@@ -102,7 +121,8 @@ class GaussianOptimalSchedule(_ScheduleBase):
 
 class ExplicitSchedule(Strict):
     kind: Literal["explicit"]
-    values: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    values: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SELECTED)]],
+                      Field(min_length=1, max_length=MAX_ITERATIONS)]
 
 
 ScheduleConfig = Annotated[
@@ -152,12 +172,12 @@ SelectorConfig = Annotated[
 
 # -- budget, loop, eval, compare ---------------------------------------------------------------
 
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Price = Annotated[float, Field(ge=0)]
 
 
 class BudgetConfig(Strict):
-    total: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    unit: str = "samples"
+    total: Annotated[float, Field(gt=0)]
+    unit: Annotated[str, Field(min_length=1, max_length=40)] = "samples"
     costs: dict[str, Price | dict[str, Price]] = Field(
         default_factory=lambda: dict[str, float | dict[str, float]](generate=0.0, verify=0.0, train=1.0)
     )
@@ -168,12 +188,16 @@ class BudgetConfig(Strict):
     def _known_stages(cls, costs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(costs) - set(STAGES))
         if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r}; allowed: {', '.join(STAGES)}")
+            raise ValueError(f"unknown stage {shown(unknown[0])}; allowed: {', '.join(STAGES)}")
         for stage, price in costs.items():
             if isinstance(price, dict):
                 bad = sorted(set(price) - set(QUANTITIES))
                 if bad:
-                    raise ValueError(f"{stage}: unknown quantity {bad[0]!r}; allowed: {', '.join(QUANTITIES)}")
+                    raise ValueError(f"{stage}: unknown quantity {shown(bad[0])}; allowed: {', '.join(QUANTITIES)}")
+        prices = [p for price in costs.values() for p in (price.values() if isinstance(price, dict) else [price])]
+        if not any(p > 0 for p in prices):
+            raise ValueError(f"every stage is free, so no budget can end the run; price at least one of "
+                             f"{', '.join(STAGES)} (got {shown(costs)})")
         return costs
 
     def cost_model(self) -> CostModel:
@@ -187,26 +211,36 @@ class BudgetConfig(Strict):
 
 class LoopConfig(Strict):
     mode: Literal["accept", "select"] | None = None  # None: streaming if the selector's kind streams
-    oversample: Annotated[float, Field(ge=1)] = 2.0
-    chunk_size: Annotated[int, Field(ge=1)] = 65536
+    oversample: Annotated[float, Field(ge=1, le=MAX_OVERSAMPLE)] = 2.0
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK)] = 65536
     store_candidates: Literal["all", "selected", "none"] = "all"
-    max_iterations: Annotated[int, Field(ge=1)] | None = None
-    max_draws_per_selected: Annotated[float, Field(gt=1)] = 10_000.0
-    keep_checkpoints: Annotated[int, Field(ge=1)] = 3
+    max_iterations: Iterations | None = None
+    max_draws_per_selected: Annotated[float, Field(gt=1, le=1e6)] = 10_000.0
+    keep_checkpoints: Annotated[int, Field(ge=1, le=MAX_ITERATIONS)] = 3
 
 
 class EvalConfig(Strict):
-    every: Annotated[int, Field(ge=1)] = 1
+    every: Iterations = 1
 
 
 class CompareConfig(Strict):
     schedules: Annotated[dict[str, ScheduleConfig], Field(min_length=1)]
-    seeds: Annotated[int, Field(ge=1)] = 3
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 3
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _folder_names(cls, value: Any) -> Any:
+        for name in value if isinstance(value, dict) else ():
+            try:
+                check_name(name)
+            except ValueError as error:
+                raise ValueError(f"schedule names name folders: {error}") from None
+        return value
 
 
 class RunConfig(Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: Name
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     task: Section
     model: Section | None = None
     generator: Section | None = None
@@ -263,7 +297,7 @@ class Family(Protocol):
 def family_for(config: RunConfig) -> Family:
     kind = config.task.kind
     if kind not in FAMILIES:
-        raise ConfigError(f"task.kind: unknown kind {kind!r}; allowed: {', '.join(sorted(FAMILIES))}")
+        raise ConfigError(f"task.kind: unknown kind {shown(kind)}; allowed: {', '.join(sorted(FAMILIES))}")
     family: Family = importlib.import_module(FAMILIES[kind]).FAMILY
     return family
 
@@ -283,32 +317,49 @@ def validate_kind(section: Section | None, models: Mapping[str, type[BaseModel]]
     if section is None:
         raise ConfigError(f"{where}: required section is missing; kind: one of {allowed}")
     if section.kind not in models:
-        raise ConfigError(f"{where}.kind: unknown kind {section.kind!r}; allowed: {allowed}")
+        raise ConfigError(f"{where}.kind: unknown kind {shown(section.kind)}; allowed: {allowed}")
     return validate_section(section, models[section.kind], where)
 
 
+# A plain union's members show up in an error's location ("n0.constrained-float"); they are not keys.
+_UNION_MEMBER = re.compile(r"^(?:constrained-|function-|literal\[|(?:dict|list|tuple|set)\[|"
+                           r"(?:float|int|str|bool|bytes|none)$)")
+
+
 def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
-    first = error.errors()[0]
-    location = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    """One line: the field's dotted location, what is wrong, and the value given (cut short)."""
+    errors = error.errors()
+    first = max(errors, key=lambda e: len(e["loc"]))  # in a union, the member that got furthest
+    parts = [p for p in first["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p))]
+    location = ".".join(one_key(p) for p in (prefix, *parts) if p != "")
+    kind, message = first["type"], first["msg"].removeprefix("Value error, ")
+    show_input = kind not in ("missing", "extra_forbidden") and not isinstance(first.get("input"), dict)
+    if kind == "extra_forbidden":
         message = "unknown key (check its spelling and the section's allowed keys)"
-    elif first["type"] == "missing":
+    elif kind == "missing":
         message = "required field is missing"
-    elif first["type"] == "union_tag_invalid":
+    elif kind == "union_tag_invalid":
         context = first.get("ctx", {})
         location = f"{location}.kind" if location else "kind"
-        message = f"unknown kind {context.get('tag')!r}; allowed: {context.get('expected_tags')}"
-        first = {**first, "type": "missing"}  # the kind is already shown
-    elif first["type"] == "literal_error":
+        message = f"unknown kind {shown(context.get('tag'))}; allowed: {context.get('expected_tags')}"
+        show_input = False  # the kind is already shown
+    elif kind == "literal_error":
         message = message.replace("Input should be", "allowed:")
-    given = first.get("input")
-    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(given, dict) else f" (got {given!r})"
-    more = f" [and {len(error.errors()) - 1} more]" if len(error.errors()) > 1 else ""
-    return f"{location or 'config'}: {message}{shown}{more}"
+    elif kind == "is_instance_of" and "Path" in message:
+        message = "Input should be a path (a string)"
+    given = f" (got {shown(first.get('input'))})" if show_input else ""
+    more = f" [and {len(errors) - 1} more]" if len(errors) > 1 else ""
+    return f"{location or 'config'}: {message}{given}{more}"
+
+
+def one_key(part: object) -> str:
+    """One part of a dotted location: a key as written, cut short (a key can be a megabyte long)."""
+    return one_line(str(part), 40)
 
 
 def parse_config(data: Any, *, source: str = "config") -> RunConfig:
+    if data is None:
+        raise ConfigError(f"{source}: the config is empty; it needs name, task, schedule and budget")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of sections, got {type(data).__name__}")
     try:
@@ -320,17 +371,8 @@ def parse_config(data: Any, *, source: str = "config") -> RunConfig:
 
 
 def load_config(path: Path) -> RunConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(data, source=str(path))
+    """The validated config in the YAML file at ``path`` (see :mod:`synthloop.yamlio` for the file checks)."""
+    return parse_config(load_config_file(Path(path)), source=shown_path(path))
 
 
 # -- from config to loop objects ---------------------------------------------------------------
@@ -369,20 +411,16 @@ def schedule_factory(config: ScheduleConfig, defaults: Mapping[str, float]) -> A
 
 
 def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> Planner:
-    """The planner for ``config`` (or for another schedule at the same budget, in a comparison)."""
+    """The planner for ``config`` (or for another schedule at the same budget, in a comparison).
+
+    The plan is checked before it is returned: one that would run past ``MAX_ITERATIONS``, or plan
+    more than ``MAX_SELECTED`` selected samples or ``MAX_DRAWS`` draws in an iteration, is a config
+    error naming the bound (a budget of 1e30 would otherwise plan n_0 = 6.7e28 and draw for ever).
+    """
     schedule = schedule or config.schedule
     family = family_for(config)
     settings = family.validate(config)
-    costs = config.budget.cost_model()
-    declared = declared_usage(config, family, settings)
-    try:
-        check_priced(costs.prices, declared)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    unit_costs = UnitCosts(
-        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
-        per_selected=costs.per_unit("train", declared["train"]),
-    )
+    unit_costs = _unit_costs(config, family, settings)
     acceptance = config.budget.expected_acceptance if config.streams else 1.0 / config.loop.oversample
     make = schedule_factory(schedule, family.schedule_defaults(settings))
     n0: float | None
@@ -396,11 +434,50 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
     planner = Planner(make=make, budget=config.budget.total, unit_costs=unit_costs,
                       acceptance_rate=acceptance, n0=n0, n_iterations=n_iterations,
                       max_iterations=max_iterations)
+    check_plan(planner)
+    return planner
+
+
+def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
+    costs = config.budget.cost_model()
+    declared = declared_usage(config, family, settings)
     try:
-        planner.schedule()
+        check_priced(costs.prices, declared)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    unit_costs = UnitCosts(
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
+        per_selected=costs.per_unit("train", declared["train"]),
+    )
+    if not (unit_costs.per_draw > 0 or unit_costs.per_selected > 0):
+        raise ConfigError("budget.costs: no priced quantity is one the task reports per sample (seconds are "
+                          "not planned), so no budget can end the run; price generate, verify or train")
+    return unit_costs
+
+
+def check_plan(planner: Planner) -> None:
+    """Compute the plan (at most ``MAX_ITERATIONS`` + 1 rows) and refuse one a run could not finish."""
+    end = planner.n_iterations if planner.n_iterations is not None else planner.max_iterations
+    try:
+        rows = plan(planner.schedule(), budget=planner.budget, unit_costs=planner.unit_costs,
+                    acceptance_rate=planner.acceptance_rate,
+                    max_iterations=_min_or_none(end, MAX_ITERATIONS + 1))
+    except OverflowError:
+        raise ConfigError("schedule: n_t overflows a float before the budget is spent; lower the growth "
+                          "(or alpha), the number of iterations or budget.total") from None
     except ValueError as error:
         raise ConfigError(f"schedule: {error}") from None
-    return planner
+    if len(rows) > MAX_ITERATIONS:
+        raise ConfigError(f"schedule: the plan runs past {MAX_ITERATIONS} iterations before the budget is "
+                          "spent; set schedule.iterations or loop.max_iterations, or lower budget.total")
+    for row in rows:
+        if row.n_selected > MAX_SELECTED:
+            raise ConfigError(f"schedule: iteration {row.iteration} plans n_t = {row.n_selected:.3g} selected "
+                              f"samples, past the bound of {MAX_SELECTED:.0e}; lower budget.total or schedule.n0")
+        if row.expected_generated > MAX_DRAWS:
+            raise ConfigError(f"schedule: iteration {row.iteration} plans {row.expected_generated:.3g} draws "
+                              f"(n_t / acceptance rate), past the bound of {MAX_DRAWS:.0e}; lower budget.total "
+                              "or schedule.n0, or raise the acceptance rate")
 
 
 def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, dict[str, float]]:

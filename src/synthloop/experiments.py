@@ -19,17 +19,21 @@ import yaml
 from synthloop.configs import (
     ConfigError,
     RunConfig,
+    ScheduleConfig,
     family_for,
     loop_settings,
     make_planner,
+    parse_config,
     to_yaml,
     with_schedule,
 )
 from synthloop.loop import Components, Report, run
+from synthloop.names import child_path
 from synthloop.policies import PromptScorer, make_prompt_policy
 from synthloop.records import IterationRecord
-from synthloop.store import RunStore, RunStoreFactory
+from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
 from synthloop.training_set import LabeledSource, make_training_set
+from synthloop.yamlio import load_yaml, shown
 
 PACKAGES = ("synthloop", "numpy", "pyarrow", "pydantic", "torch", "transformers", "diffusers", "peft", "trl")
 
@@ -79,12 +83,12 @@ def resolved_config_text(config: RunConfig) -> str:
     return to_yaml(config) + yaml.safe_dump({"provenance": provenance()}, sort_keys=False)
 
 
-def config_from_run_text(text: str) -> RunConfig:
-    from synthloop.configs import parse_config
-
-    data = yaml.safe_load(text)
-    data.pop("provenance", None)
-    return parse_config(data)
+def config_from_run_text(text: str, *, source: str = CONFIG) -> RunConfig:
+    """The config a run's ``config.yaml`` holds (its provenance dropped), read as strictly as a user's."""
+    data = load_yaml(text, source=source)
+    if isinstance(data, dict):
+        data.pop("provenance", None)
+    return parse_config(data, source=source)
 
 
 def run_config(
@@ -114,7 +118,12 @@ def resume_run(run_dir: Path, *, report: Report | None = None,
     Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
     """
     store = open_store(run_dir)
-    config = config_from_run_text(store.config_text())
+    source = str(store.root / CONFIG)
+    try:
+        config = config_from_run_text(store.config_text(), source=source)
+    except ConfigError as error:  # the run directory is at fault, not a file the user passed
+        message = str(error) if str(error).startswith(source) else f"{source}: {error}"
+        raise RunDirectoryError(message) from None
     history = run(build_components(config), make_planner(config), config.budget.cost_model(),
                   loop_settings(config), seed=config.seed, store=store, report=report)
     return config, history
@@ -147,22 +156,15 @@ def compare(
     if config.compare is None:
         raise ConfigError("compare: the config has no 'compare' section naming the schedules")
     names = list(schedules or config.compare.schedules)
-    unknown = [n for n in names if n not in config.compare.schedules]
-    if unknown:
-        raise ConfigError(
-            f"--schedules: unknown schedule {unknown[0]!r}; the config names "
-            f"{', '.join(config.compare.schedules)}"
-        )
+    variants = _variants(config, config.compare.schedules, names, seeds=seeds, store_candidates=store_candidates)
+    runs = child_path(out, "runs", what="--out")
     trajectories: list[Trajectory] = []
     initial: float | None = None
-    loop = config.loop.model_copy(update={"store_candidates": store_candidates})
     for name in names:
-        for k in range(seeds):
-            variant = with_schedule(config, config.compare.schedules[name], seed=config.seed + k,
-                                    name=f"{config.name}-{name}-seed{k}").model_copy(update={"loop": loop})
+        for k, variant in enumerate(variants[name]):
             components = build_components(variant)
             task = components.task
-            run_dir = out / "runs" / name / f"seed-{k}"
+            run_dir = child_path(child_path(runs, name, what="compare.schedules"), f"seed-{k}")
             history = run_config(variant, run_dir=run_dir, overwrite=True, report=report,
                                  components=components, open_store=open_store)
             initial = _initial(run_dir, task.primary_metric)
@@ -188,6 +190,23 @@ def _initial(run_dir: Path, metric: str) -> float:
     committed = RunStore(run_dir).manifest().initial
     assert committed is not None  # run_config commits it first
     return committed.metrics[metric]
+
+
+def _variants(config: RunConfig, schedules: Mapping[str, ScheduleConfig], names: Sequence[str], *,
+              seeds: int, store_candidates: str) -> dict[str, list[RunConfig]]:
+    """Each named schedule's runs, one per seed; every plan is checked before anything is written."""
+    unknown = [n for n in names if n not in schedules]
+    if unknown:
+        raise ConfigError(
+            f"--schedules: unknown schedule {shown(unknown[0])}; the config names {', '.join(schedules)}"
+        )
+    loop = config.loop.model_copy(update={"store_candidates": store_candidates})
+    variants = {name: [with_schedule(config, schedules[name], seed=config.seed + k,
+                                     name=f"{config.name}-{name}-seed{k}").model_copy(update={"loop": loop})
+                       for k in range(seeds)] for name in names}
+    for runs in variants.values():
+        make_planner(runs[0])
+    return variants
 
 
 def _trajectory(name: str, seed: int, history: Sequence[IterationRecord], metric: str,

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
+from synthloop.configs import (
+    MAX_SEED,
+    ConfigError,
+    RunConfig,
+    Strict,
+    make_selector,
+    validate_kind,
+    validate_section,
+)
 from synthloop.models.unet_flops import TRAIN_FLOPS_FACTOR, unet_forward_flops
 
 if TYPE_CHECKING:
@@ -33,22 +41,23 @@ if TYPE_CHECKING:
     from synthloop.models.diffusion import PretrainSpec, UNetSpec
     from synthloop.tasks.digits import DigitsData, Images
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, Field(ge=1, le=10**7)]  # counts and sizes; past ten million nothing finishes
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class DigitsTaskConfig(Strict):
     kind: Literal["digits-denoise"]
     source: Literal["digits", "mnist"] = "digits"
     path: Path | None = None  # MNIST IDX (optionally .gz) or .npz file; required for mnist
-    image_size: PositiveInt | None = None  # pad to this size (default: the images' own, or the model's)
-    channels: PositiveInt | None = None  # repeat gray to this many channels (default: the model's)
+    image_size: Annotated[int, Field(ge=1, le=1024)] | None = None  # pad to this size (default: the images' own, or the model's)
+    channels: Annotated[int, Field(ge=1, le=4)] | None = None  # repeat gray to this many channels (default: the model's)
     n_heldout: PositiveInt = 297
     n_eval: PositiveInt = 128  # held-out images denoised at each evaluation
     limit: PositiveInt | None = None  # use only the first `limit` images of the source
     noise_step: Annotated[int, Field(ge=1, le=1000)] = 10  # s: observation at the last s forward steps
     psnr_range: tuple[float, float] = (40.0, 45.0)  # [lo, hi] mapping PSNR to acceptance probability
-    split_seed: Annotated[int, Field(ge=0)] = 0
-    eval_seed: Annotated[int, Field(ge=0)] = 0
+    split_seed: Seed = 0
+    eval_seed: Seed = 0
 
     @field_validator("psnr_range")
     @classmethod
@@ -82,7 +91,7 @@ class PretrainModelConfig(Strict):
     max_timestep: Annotated[int, Field(ge=1, le=1000)] = 1000  # pretrain on t < max_timestep
     batch_size: PositiveInt = 64
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
     cache_dir: Path | None = None  # default: $SYNTHLOOP_CACHE or ~/.cache/synthloop
     device: str = "cpu"
 

@@ -18,10 +18,13 @@ if TYPE_CHECKING:
     from synthloop.loop import Components
 
 
+MAX_DIM = 1000  # a chunk of draws is chunk_size x dim floats (65,536 x 1,000 is half a gigabyte)
+
+
 class GaussianTaskConfig(Strict):
     kind: Literal["gaussian"]
-    theta0: Annotated[list[float], Field(min_length=1)]
-    dim: Annotated[int, Field(ge=1)] | None = None  # with a one-number theta0, repeat it dim times
+    theta0: Annotated[list[float], Field(min_length=1, max_length=MAX_DIM)]
+    dim: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = None  # with a one-number theta0, repeat it dim times
     sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
     kappa: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
+from synthloop.configs import (
+    MAX_SEED,
+    ConfigError,
+    RunConfig,
+    Strict,
+    make_selector,
+    validate_kind,
+    validate_section,
+)
 from synthloop.tasks.math import (
     Level,
     build_pools,
@@ -33,7 +41,9 @@ if TYPE_CHECKING:
     from synthloop.models.hf import HFModel
     from synthloop.tasks.math import MathTask
 
-Positive = Annotated[int, Field(ge=1)]
+Positive = Annotated[int, Field(ge=1, le=10**7)]  # counts and sizes; past ten million nothing finishes
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Steps = Annotated[int, Field(ge=0, le=10**7)]
 
 
 class LevelConfig(Strict):
@@ -45,14 +55,14 @@ class LevelConfig(Strict):
 
 class MathTaskConfig(Strict):
     kind: Literal["math"]
-    levels: Annotated[list[LevelConfig], Field(min_length=1)]
+    levels: Annotated[list[LevelConfig], Field(min_length=1, max_length=100)]
     train_size: Positive = 1000  # training pool per level
     eval_size: Positive = 100  # held-out problems per level (greedy decoding)
     shots: Annotated[int, Field(ge=0, le=16)] = 3
     style: Literal["few_shot", "chat"] = "few_shot"  # chat: bare questions in the model's chat template
-    data_seed: Annotated[int, Field(ge=0)] = 0  # fixes pools and held-out sets across runs and schedules
+    data_seed: Seed = 0  # fixes pools and held-out sets across runs and schedules
     rationalize: bool = False  # STaR: retry failed prompts with the answer as a hint
-    answer_timeout: Annotated[float, Field(gt=0)] = 5.0
+    answer_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     require_marker: bool = False  # only "#### <answer>" counts as a final answer
 
 
@@ -64,20 +74,20 @@ class ScratchModelConfig(Strict):
     n_embd: Positive = 64
     n_head: Positive = 4
     n_positions: Positive = 256
-    vocab_size: Annotated[int, Field(ge=64)] = 256
+    vocab_size: Annotated[int, Field(ge=64, le=1 << 20)] = 256
     seed_problems: Positive = 2000  # labelled problems per level (disjoint from the training pool)
-    pretrain_steps: Annotated[int, Field(ge=0)] = 300
+    pretrain_steps: Steps = 300
     pretrain_batch_size: Positive = 32
     pretrain_lr: Annotated[float, Field(gt=0)] = 3e-3
     pretrain_bf16: bool = True  # bf16 autocast pays off from about 64-wide layers; tiny ones run faster in fp32
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
 
 class TinyModelConfig(ScratchModelConfig):
     """Like ``scratch`` with no pretraining by default: random weights, for tests."""
 
     kind: Literal["tiny"]  # type: ignore[assignment]
-    pretrain_steps: Annotated[int, Field(ge=0)] = 0
+    pretrain_steps: Steps = 0
 
 
 class SmolLM2Config(Strict):
@@ -123,7 +133,7 @@ class LearnerConfig(Strict):
     grad_accum: Positive = 1
     epochs: Positive = 1
     max_length: Positive = 512
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: Steps = 0
     bf16: bool = True
     reset: Literal["continue", "restart"] = "continue"  # Spend Wisely continues; STaR restarts
     lora: LoraConfig | None = None

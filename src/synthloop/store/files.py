@@ -65,7 +65,7 @@ def fsync_dir(directory: Path, *, fsync: bool) -> None:
 def ensure_dir(directory: Path, *, fsync: bool) -> None:
     """Create ``directory`` and its missing parents, each made durable in its own parent."""
     missing = []
-    while not directory.is_dir():
+    while not directory.exists():  # a file in the way fails the mkdir below: "Not a directory"
         missing.append(directory)
         directory = directory.parent
     for folder in reversed(missing):

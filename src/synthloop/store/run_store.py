@@ -113,12 +113,17 @@ class RunStore:
 
     # -- the lock ------------------------------------------------------------------------------
 
-    def acquire(self) -> None:
-        """Take the run directory's lock (once; writers call it on their first write)."""
+    def acquire(self, *, creating: bool = False) -> None:
+        """Take the run directory's lock (once; writers call it on their first write). Unless
+        ``creating``, the directory must hold a run: nothing is written into any other folder."""
         if self._unlock is None:
-            if not self.root.is_dir():
-                raise RunDirectoryError(f"{self.root} is missing: it is not a synthloop run directory")
+            if not creating and not self.holds_run():
+                raise RunDirectoryError(f"{self.root / MANIFEST} is missing: {self.root} is not a synthloop "
+                                        "run directory")
             self._unlock = weakref.finalize(self, lock_directory(self.root, faults=self.faults))
+
+    def holds_run(self) -> bool:
+        return (self.root / MANIFEST).is_file() or (self.root / MANIFEST_BACKUP).is_file()
 
     def _writable(self) -> Manifest:
         """The committed manifest, for a write: under the lock, in format 3."""
@@ -141,15 +146,18 @@ class RunStore:
     # -- writing files -------------------------------------------------------------------------
 
     def create(self, config_text: str, *, overwrite: bool = False) -> None:
-        """Start a run directory; under the lock, so two writers cannot both create it."""
-        ensure_dir(self.root, fsync=self.fsync)
-        self.acquire()
-        if (self.root / MANIFEST).exists() or (self.root / MANIFEST_BACKUP).exists():
-            if not overwrite:
+        """Start a run directory; under the lock, so two writers cannot both create it (a refusal
+        is decided before the lock too, so that refusing writes nothing, not even the lock file)."""
+        for locked in (False, True):
+            if locked:
+                ensure_dir(self.root, fsync=self.fsync)
+                self.acquire(creating=True)
+            if self.holds_run() and not overwrite:
                 raise RunDirectoryError(
                     f"{self.root} already holds a run; `synthloop resume {self.root}` continues it, "
                     "or choose another name (or --overwrite)"
                 )
+        if self.holds_run():
             self._remove_run_files()
         entry = self.write_bytes(CONFIG, config_text.encode())
         self._commit(Manifest(files={CONFIG: entry}))
