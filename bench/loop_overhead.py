@@ -69,7 +69,7 @@ def through_loop(n_selected: int, iterations: int, seed: int, run_dir: Path | No
         store.create("name: bench\n", overwrite=True)
     settings = LoopSettings(chunk_size=1 << 20, store_candidates=storage)  # type: ignore[arg-type]
     history = run(components, planner, costs, settings, seed=seed, store=store)
-    return sum(m["n_generated"] for m in history)
+    return sum(m.n_generated for m in history)
 
 
 def timed(fn, *args) -> tuple[float, int]:

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
-import json
+import errno
+import functools
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from synthloop.faults import Faults
+from synthloop.store import RunStore, RunStoreFactory
+
 ROOT = Path(__file__).resolve().parents[1]
 CRASH_CONFIG = ROOT / "tests" / "data" / "crash.yaml"
+
+
+def stores(faults: Faults | None = None) -> RunStoreFactory:
+    """Stores for in-process tests: no fsync (what these tests inject are exceptions, not power cuts;
+    the subprocess kill test keeps fsync on), and the given fault-injection hook."""
+    return functools.partial(RunStore, fsync=False, faults=faults or Faults())
+
+
+def failing_at(fault: str, code: int = errno.EIO) -> Faults:
+    """Faults that raise an injected ``OSError`` at ``NAME:N``, the N-th time point NAME is reached."""
+    name, _, count = fault.partition(":")
+    return Faults(oserror=(name, int(count), code))
+
+
+FAST = stores()
 
 
 def cli(*args: str | Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -39,31 +59,43 @@ def without_seconds(value: Any) -> Any:
 
 def snapshot(run_dir: Path) -> dict[str, Any]:
     """What an exact resume must reproduce: metrics, ledger, every candidate and selected row (ids
-    and payload), the last checkpoint's bytes."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    iterations = manifest["iterations"]
-    candidates, selected = [], []
-    for entry in iterations:
-        for file in entry["files"]:
-            if "/candidates/" in file["path"]:
-                candidates.append(pq.read_table(run_dir / file["path"]).to_pydict())
-            elif file["path"].endswith("selected.parquet"):
-                selected.append(pq.read_table(run_dir / file["path"]).to_pydict())
-    last = iterations[-1]
-    checkpoint = {f["path"]: (run_dir / f["path"]).read_bytes() for f in last["files"] if "/checkpoint/" in f["path"]}
+    and payload), the last checkpoint's bytes (every component's)."""
+    store = RunStore(run_dir)
+    manifest = store.manifest()
+    candidates, selected, ledger = [], [], []
+    for entry in manifest.iterations:
+        record = store.iteration_record(entry.iteration)
+        ledger.append(without_seconds([asdict(row) for row in record.ledger]))
+        for file in record.files:
+            if "/candidates/" in file.path:
+                candidates.append(pq.read_table(run_dir / file.path).to_pydict())
+            elif file.path.endswith("selected.parquet"):
+                selected.append(pq.read_table(run_dir / file.path).to_pydict())
+    last = manifest.iterations[-1].checkpoint
+    assert last is not None
     return {
-        "initial": manifest["initial"],
-        "summaries": [without_seconds(e["summary"]) for e in iterations],
-        "ledger": [without_seconds(e["ledger"]) for e in iterations],
+        "initial": manifest.initial.model_dump() if manifest.initial else None,
+        "summaries": [without_seconds(e.summary) for e in manifest.iterations],
+        "ledger": ledger,
         "candidates": candidates,
         "selected": selected,
-        "checkpoint": checkpoint,
-        "finished": manifest.get("finished", False),
+        "checkpoint": {f.path: (run_dir / f.path).read_bytes() for f in last.files},
+        "checkpoints_kept": [e.iteration for e in manifest.iterations if e.checkpoint is not None],
+        "finished": manifest.finished,
     }
 
 
+def spent(run_dir: Path) -> float:
+    """What the committed state has spent: committed iterations and parts of the open one."""
+    store = RunStore(run_dir)
+    rows = store.committed_ledger_rows()
+    open_ = store.open_iteration()
+    rows += [r for p in (open_.parts if open_ else ()) for r in p.ledger]
+    return float(sum(r.cost for r in rows))
+
+
 def candidate_ids(run_dir: Path) -> list[tuple[int, int, int]]:
-    ids = []
+    ids: list[tuple[int, int, int]] = []
     for path in sorted(run_dir.glob("iter-*/candidates/part-*.parquet")):
         table = pq.read_table(path, columns=["iteration", "part", "index"]).to_pydict()
         ids.extend(zip(table["iteration"], table["part"], table["index"], strict=True))

@@ -329,8 +329,9 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
 
     cfg = parse_config(config(tmp_path))
     history = run_config(cfg, run_dir=tmp_path / "run")
-    manifest = RunStore(tmp_path / "run").manifest()
-    initial = manifest["initial"]["metrics"]["accuracy"]
+    committed = RunStore(tmp_path / "run").manifest().initial
+    assert committed is not None
+    initial = committed.metrics["accuracy"]
     final = history[-1].eval["accuracy"]
     curve = [initial] + [m.eval["accuracy"] for m in history]
     assert len(history) == 5 and all(m.n_selected == 128 for m in history)
@@ -345,7 +346,7 @@ def test_loop_with_hf_plugins_charges_tokens_and_accuracy_rises(tmp_path: Path, 
     trained = sum(r["cost"] for r in ledger if r["stage"] == "train")
     assert generated > 0 and trained > 0  # both priced in tokens
     assert trained == pytest.approx(sum(m.train["trained_tokens"] for m in history))
-    assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "trainable.safetensors").is_file()
+    assert (tmp_path / "run" / "iter-0004" / "checkpoint" / "learner" / "trainable.safetensors").is_file()
 
 
 def test_loss_on_completion_positions_only_equals_the_full_loss(tokenizer: object) -> None:

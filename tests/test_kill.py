@@ -2,8 +2,9 @@
 ends exactly where an uninterrupted run with the same seed ends.
 
 Kill moments are drawn from a fixed RNG: a fault point (generation, verification, a file written
-but not yet renamed, a checkpoint, training, evaluation, the manifest about to be replaced, old files
-about to be deleted), which occurrence of it, and a random offset inside its window. The run sleeps
+but not yet renamed, half of a part's journal record appended, a checkpoint, training, evaluation, a
+commit about to be made, old files about to be deleted), which occurrence of it, and a random offset
+inside its window. The run sleeps
 ``SYNTHLOOP_FAULT_DELAY`` at every point and traces them (``synthloop.faults``), so the windows are
 wide enough to hit on a shared CI machine. fsync stays on: this is the real commit protocol.
 """
@@ -21,23 +22,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crashsafe_support import CRASH_CONFIG, candidate_ids, cli, cli_env, snapshot
+from crashsafe_support import FAST, ROOT, candidate_ids, cli, cli_env, snapshot, spent
 from synthloop.configs import load_config
 from synthloop.experiments import run_config
 from synthloop.store import RunStore
 
 # Per-part windows come up often, per-iteration ones (checkpoint, train, evaluate) once an iteration:
 # weights keep the run from finishing before it has been killed often enough.
-PHASES = {"generate": 3, "verify": 2, "write": 4, "commit": 3, "cleanup": 2, "checkpoint": 1, "train": 1,
-          "evaluate": 1}
+PHASES = {"generate": 3, "verify": 2, "write": 4, "append": 2, "commit": 3, "cleanup": 2, "checkpoint": 1,
+          "train": 1, "evaluate": 1}
 DELAY = 0.02
+KILL_CONFIG = ROOT / "tests" / "data" / "kill.yaml"
 KILLS = 20
 
 
 def _spawn(runs_dir: Path, trace: Path, stderr: Path) -> subprocess.Popen[bytes]:
     run_dir = runs_dir / "crash"
     args = ["resume", str(run_dir)] if (run_dir / "manifest.json").exists() else \
-        ["run", str(CRASH_CONFIG), "--runs-dir", str(runs_dir)]
+        ["run", str(KILL_CONFIG), "--runs-dir", str(runs_dir)]
     env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
     with open(stderr, "wb") as errors:
         return subprocess.Popen([sys.executable, "-m", "synthloop.cli", *args], env=env,
@@ -54,27 +56,19 @@ def _wait_for(process: subprocess.Popen[bytes], trace: Path, phase: str, occurre
     return False
 
 
-def _spent(run_dir: Path) -> float:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    rows = [r for e in manifest["iterations"] for r in e["ledger"]]
-    rows += [r for p in (manifest["open"] or {"parts": []})["parts"] for r in p["ledger"]]
-    return float(sum(r["cost"] for r in rows))
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     reference_dir = tmp_path / "reference"
-    with monkeypatch.context() as patch:  # the uninterrupted run, in process: fsync changes no byte
-        patch.setenv("SYNTHLOOP_FAULT_NO_FSYNC", "1")
-        run_config(load_config(CRASH_CONFIG), run_dir=reference_dir / "crash")
+    # the uninterrupted run, in process: fsync changes no byte
+    run_config(load_config(KILL_CONFIG), run_dir=reference_dir / "crash", open_store=FAST)
     reference = snapshot(reference_dir / "crash")
-    budget = 800.0
+    budget = load_config(KILL_CONFIG).budget.total
     names = list(PHASES)
     weights = np.array(list(PHASES.values()), dtype=float) / sum(PHASES.values())
 
-    rng = np.random.default_rng(20261121)
+    rng = np.random.default_rng(20261123)  # its first 20 phases include every one asserted below
     runs_dir = tmp_path / "killed"
     run_dir = runs_dir / "crash"
     killed_in: Counter[str] = Counter()
@@ -99,13 +93,13 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
         assert process.returncode == -signal.SIGKILL
         if (run_dir / "manifest.json").exists():  # the committed state is intact after every kill
             RunStore(run_dir).read_manifest()
-            assert _spent(run_dir) <= budget
+            assert spent(run_dir) <= budget
     print(f"killed {sum(killed_in.values())} times, in: {dict(killed_in)}")
     assert sum(killed_in.values()) >= 20, killed_in
-    assert {"generate", "write", "train", "commit"} <= set(killed_in), killed_in
+    assert {"generate", "write", "append", "train", "commit"} <= set(killed_in), killed_in
 
     finished = cli("resume", run_dir) if (run_dir / "manifest.json").exists() else \
-        cli("run", CRASH_CONFIG, "--runs-dir", runs_dir)
+        cli("run", KILL_CONFIG, "--runs-dir", runs_dir)
     assert finished.returncode == 0
     result = snapshot(run_dir)
     assert result["summaries"] == reference["summaries"]  # metrics, selected-set hashes, costs

@@ -136,9 +136,9 @@ def test_run_directory_layout_and_contents(tmp_path):
         x = column_to_numpy(selected, "sample.x")
         assert x.shape == (metrics.n_selected, 2)
         # Checkpoints of the last K (= 3 by default) iterations are kept, older ones pruned.
-        assert (folder / "checkpoint" / "theta.json").exists() == (t >= len(history) - 3)
+        assert (folder / "checkpoint" / "learner" / "theta.json").exists() == (t >= len(history) - 3)
     # The learner checkpoint of the last iteration is the model the run ended with.
-    last = json.loads((tmp_path / "run" / f"iter-{len(history) - 1:04d}" / "checkpoint" / "theta.json").read_text())
+    last = json.loads((tmp_path / "run" / f"iter-{len(history) - 1:04d}" / "checkpoint" / "learner" / "theta.json").read_text())
     gap = PROBLEM.optimal_reward - float(PROBLEM.reward_of(np.array(last["theta"])))
     assert gap == pytest.approx(history[-1].eval["gap"])
     ledger = pq.read_table(tmp_path / "run" / "ledger.parquet").to_pylist()

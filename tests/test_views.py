@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from crashsafe_support import CRASH_CONFIG
+from crashsafe_support import CRASH_CONFIG, FAST
 from synthloop.cli import app
 from synthloop.configs import load_config
 from synthloop.events import Event, IterationDone, PartDone, Started
@@ -29,22 +28,21 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two runs of the crash config (seeds 7 and 8) and one at another budget."""
-    os.environ["SYNTHLOOP_FAULT_NO_FSYNC"] = "1"  # fsync is tested elsewhere; a module fixture has no monkeypatch
     base = load_config(CRASH_CONFIG)
     out = []
-    for name, update in {"a": {"seed": 7}, "b": {"seed": 8},
-                         "c": {"budget": base.budget.model_copy(update={"total": 400.0})}}.items():
+    updates: dict[str, dict[str, object]] = {"a": {"seed": 7}, "b": {"seed": 8},
+                                             "c": {"budget": base.budget.model_copy(update={"total": 400.0})}}
+    for name, update in updates.items():
         run_dir = tmp_path_factory.mktemp(name) / "run"
-        run_config(base.model_copy(update={"name": f"crash-{name}", **update}), run_dir=run_dir)
+        run_config(base.model_copy(update={"name": f"crash-{name}", **update}), run_dir=run_dir, open_store=FAST)
         out.append(run_dir)
-    del os.environ["SYNTHLOOP_FAULT_NO_FSYNC"]
     return out
 
 
 def test_inspect_lists_iterations_and_budget(runs: list[Path]) -> None:
     result = runner.invoke(app, ["inspect", str(runs[0])])
     assert result.exit_code == 0, result.output
-    history = [e["summary"] for e in RunStore(runs[0]).manifest()["iterations"]]
+    history = [e.summary for e in RunStore(runs[0]).manifest().iterations]
     for m in history:
         assert re.search(rf"│\s+{m['iteration']} │\s+{m['n_selected']} │\s+{m['n_generated']} │", result.output)
     assert f"spent {history[-1]['cumulative_cost']:.6g} of 800 samples" in result.output
@@ -133,11 +131,12 @@ def test_export_refuses_a_file_that_failed_its_check(runs: list[Path], tmp_path:
 
 def _events(run_dir: Path) -> list[Event]:
     manifest = RunStore(run_dir).manifest()
-    history = [IterationRecord.from_json(e["summary"]) for e in manifest["iterations"]]
+    history = [IterationRecord.from_json(e.summary) for e in manifest.iterations]
     from synthloop.budget import PlannedIteration
 
+    assert manifest.initial is not None
     plan = [PlannedIteration(i, m.n_target, 0.0, 0.0, float(m.cumulative_cost)) for i, m in enumerate(history)]
-    events: list[Event] = [Started(initial=manifest["initial"]["metrics"], plan=plan, resumed=0, spent=0.0,
+    events: list[Event] = [Started(initial=manifest.initial.metrics, plan=plan, resumed=0, spent=0.0,
                                    total=800.0)]
     for m in history:
         events.append(PartDone(iteration=m.iteration, kept=m.n_selected, target=m.n_target,
@@ -200,7 +199,7 @@ def test_tensorboard_tracker_writes_readable_event_files(runs: list[Path], tmp_p
     for event in _events(runs[0]):
         tracker(event)
     tracker.close()
-    history = [e["summary"] for e in RunStore(runs[0]).manifest()["iterations"]]
+    history = [e.summary for e in RunStore(runs[0]).manifest().iterations]
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     gap = [(s.step, s.value) for s in events.Scalars("eval/gap")]
@@ -234,7 +233,7 @@ def test_mlflow_tracker_logs_to_a_local_store(backend: str, runs: list[Path], tm
         client = MlflowClient(tracking_uri=uri if backend == "sqlite" else (tmp_path / "mlruns").as_uri())
         run = client.get_run(tracker.run_id)
         gap = client.get_metric_history(tracker.run_id, "eval.gap")
-    history = [e["summary"] for e in RunStore(runs[0]).manifest()["iterations"]]
+    history = [e.summary for e in RunStore(runs[0]).manifest().iterations]
     assert run.info.status == "FINISHED" and run.info.run_name == "crash-a"
     assert sorted((m.step, m.value) for m in gap)[1:] == [(m["iteration"], m["eval"]["gap"]) for m in history]
     assert run.data.metrics["cumulative_cost"] == history[-1]["cumulative_cost"]
@@ -259,3 +258,12 @@ def test_report_of_a_run_with_no_iteration_yet(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(store.root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert len(_images(out.read_text())) == 4
+
+
+def test_report_to_a_folder_names_it_and_leaves_nothing(runs: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    result = runner.invoke(app, ["report", str(runs[0]), "--out", str(folder)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"synthloop: Is a directory: {folder}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"] and not list(folder.iterdir())

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from synthloop.configs import ConfigError, load_config, make_planner
+from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
 from synthloop.records import IterationRecord
-from synthloop.store import RunDirectoryError
+from synthloop.store import RunDirectoryError, RunStore
 from synthloop.yamlio import MAX_MESSAGE, one_line
 
 app = typer.Typer(
@@ -35,6 +36,12 @@ MlflowOpt = Annotated[
     str | None,
     typer.Option(help="Also log to MLflow at this tracking URI (a folder, file:///... or sqlite:///...)."),
 ]
+
+
+def open_store(root: Path) -> RunStore:
+    """A writer's store: fault injection and fsync come from the environment at this edge only
+    (``SYNTHLOOP_FAULT_*``, which tests set; see ``synthloop.faults``)."""
+    return RunStore(root, fsync=fsync_from_environment(), faults=Faults.from_environment())
 
 
 @contextmanager
@@ -91,7 +98,7 @@ def run(
         make_planner(cfg)  # a plan that cannot run fails here, before a tracker writes its first file
         with RunProgress() as progress, _trackers(cfg.name, tensorboard, mlflow) as trackers:
             history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, open_store=open_store)
     _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
 
 
@@ -102,7 +109,7 @@ def resume(run_dir: RunDirArg, tensorboard: TensorBoardOpt = None, mlflow: Mlflo
     from synthloop.progress import RunProgress, fan_out
 
     with clear_errors(), RunProgress() as progress, _trackers(run_dir.name, tensorboard, mlflow) as trackers:
-        cfg, history = resume_run(run_dir, report=fan_out(progress, *trackers))
+        cfg, history = resume_run(run_dir, report=fan_out(progress, *trackers), open_store=open_store)
     _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
 
 
@@ -162,7 +169,7 @@ def compare(
         with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("runs", total=total)
             summary = run_compare(cfg, schedules=names, seeds=n_seeds, out=folder, store_candidates=store,
-                                  progress=lambda name, k: bar.advance(task))
+                                  progress=lambda name, k: bar.advance(task), open_store=open_store)
     _print_summary(summary)
     console.print(f"table: {folder / 'table.md'}  plot: {folder / 'compare.png'}  runs: {folder / 'runs'}")
 
@@ -171,10 +178,9 @@ def compare(
 def repair(run_dir: RunDirArg) -> None:
     """Roll a damaged run back to its last intact iteration (then `synthloop resume` continues it)."""
     from synthloop.runs import repair as repair_run
-    from synthloop.store import RunStore
 
     with clear_errors():
-        result = repair_run(RunStore(run_dir))
+        result = repair_run(open_store(run_dir))
     for problem in result.problems:
         console.print(f"failed check: {problem}", soft_wrap=True)
     if result.used_backup:
@@ -190,7 +196,6 @@ def repair(run_dir: RunDirArg) -> None:
 def check(run_dir: RunDirArg) -> None:
     """Check every file of a run against its manifest; exit 1 naming each file that fails."""
     from synthloop.runs import check_run
-    from synthloop.store import RunStore
 
     with clear_errors():
         problems = check_run(RunStore(run_dir))
@@ -207,7 +212,7 @@ def inspect(run_dir: RunDirArg) -> None:
     from synthloop.views import run_summary
 
     with clear_errors():
-        summary = run_summary(run_dir)
+        summary = run_summary(run_dir, content=True)
     metric_names = sorted({k for m in summary.iterations for k in m["eval"]})
     initial = ", ".join(f"{k}={v:.4g}" for k, v in summary.initial.items())
     table = Table(title=f"{summary.name}: {summary.schedule}, budget {summary.budget:g} {summary.unit}; "

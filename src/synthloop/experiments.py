@@ -31,7 +31,7 @@ from synthloop.loop import Components, Report, run
 from synthloop.names import child_path
 from synthloop.policies import PromptScorer, make_prompt_policy
 from synthloop.records import IterationRecord
-from synthloop.store import CONFIG, RunDirectoryError, RunStore
+from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
 from synthloop.training_set import LabeledSource, make_training_set
 from synthloop.yamlio import load_yaml, shown
 
@@ -98,24 +98,26 @@ def run_config(
     report: Report | None = None,
     overwrite: bool = False,
     components: Components | None = None,
+    open_store: RunStoreFactory = RunStore,
 ) -> list[IterationRecord]:
-    """Run ``config``; with ``run_dir`` set, write the run directory there."""
+    """Run ``config``; with ``run_dir`` set, write the run directory there (``open_store(run_dir)``)."""
     planner = make_planner(config)
     components = components or build_components(config)
     store = None
     if run_dir is not None:
-        store = RunStore(run_dir)
+        store = open_store(run_dir)
         store.create(resolved_config_text(config), overwrite=overwrite)
     return run(components, planner, config.budget.cost_model(), loop_settings(config),
                seed=config.seed, store=store, report=report)
 
 
-def resume_run(run_dir: Path, *, report: Report | None = None) -> tuple[RunConfig, list[IterationRecord]]:
+def resume_run(run_dir: Path, *, report: Report | None = None,
+               open_store: RunStoreFactory = RunStore) -> tuple[RunConfig, list[IterationRecord]]:
     """Continue the run in ``run_dir`` from its last committed state, with the config it holds.
 
     Every file the manifest lists is checked first; a failed check raises ``IntegrityError``.
     """
-    store = RunStore(run_dir)
+    store = open_store(run_dir)
     source = str(store.root / CONFIG)
     try:
         config = config_from_run_text(store.config_text(), source=source)
@@ -148,6 +150,7 @@ def compare(
     store_candidates: str = "none",
     report: Report | None = None,
     progress: Any = None,
+    open_store: RunStoreFactory = RunStore,
 ) -> dict[str, Any]:
     """Run each named schedule of ``config.compare`` over ``seeds`` seeds at the same total budget."""
     if config.compare is None:
@@ -163,8 +166,8 @@ def compare(
             task = components.task
             run_dir = child_path(child_path(runs, name, what="compare.schedules"), f"seed-{k}")
             history = run_config(variant, run_dir=run_dir, overwrite=True, report=report,
-                                 components=components)
-            initial = RunStore(run_dir).manifest()["initial"]["metrics"][task.primary_metric]
+                                 components=components, open_store=open_store)
+            initial = _initial(run_dir, task.primary_metric)
             trajectories.append(_trajectory(name, config.seed + k, history, task.primary_metric,
                                             config.budget.total))
             if progress is not None:
@@ -181,6 +184,12 @@ def compare(
 
     plot_comparison(trajectories, summary, out / "compare.png")
     return summary
+
+
+def _initial(run_dir: Path, metric: str) -> float:
+    committed = RunStore(run_dir).manifest().initial
+    assert committed is not None  # run_config commits it first
+    return committed.metrics[metric]
 
 
 def _variants(config: RunConfig, schedules: Mapping[str, ScheduleConfig], names: Sequence[str], *,

@@ -1,21 +1,28 @@
-"""Fault-injection points for testing crash safety; inert unless a ``SYNTHLOOP_FAULT_*`` variable is set.
+"""Fault injection for the crash-safety tests: a hook the run store is given, inert by default.
 
-The loop and the store call :func:`point` at the moments where a crash matters: after generating or
-verifying a part, after a file's temporary copy is on disk but before its rename, before the manifest
-is replaced, after training, after a checkpoint is saved, before old files are deleted. Tests set:
+A :class:`Faults` object is passed to ``RunStore(root, faults=...)``; the store, and the loop through
+``Journal.point``, call :meth:`Faults.point` at the moments where a crash matters: after generating or
+verifying a part, after a file's temporary copy is on disk but before its rename, in the middle of
+appending a record to a part journal, before a commit, after training, after a checkpoint is saved,
+before old files are deleted, and right after the run directory's lock is taken. Library code never
+reads the environment for this; the command line builds the object from these variables
+(:meth:`Faults.from_environment`), so subprocess tests can set them:
 
 ``SYNTHLOOP_FAULT_DELAY=SECONDS``
     sleep that long at every point, so that a kill at a random instant lands in these windows;
 ``SYNTHLOOP_FAULT_TRACE=FILE``
     append ``NAME DETAIL`` to FILE at every point (before the sleep), so a test knows where it killed;
-``SYNTHLOOP_FAULT_OSERROR=NAME:N``
-    raise ``OSError(EIO)`` the N-th time point NAME is reached in this process (a failing disk);
+``SYNTHLOOP_FAULT_OSERROR=NAME:N[:ERRNO]``
+    raise ``OSError`` (``EIO`` unless an errno name such as ``ENOSPC`` is given) the N-th time point
+    NAME is reached in this process (a failing disk);
+``SYNTHLOOP_FAULT_WAIT=NAME:FILE``
+    at the first point NAME, wait until FILE exists (the concurrency tests hold a writer there);
 ``SYNTHLOOP_FAULT_NO_FSYNC=1``
-    skip fsync, for fast in-process tests only: a killed process loses nothing the kernel already
-    holds, but a power cut would (the subprocess kill test keeps fsync on).
+    skip fsync (a store setting, read by :func:`fsync_from_environment`): a killed process loses
+    nothing the kernel already holds, but a power cut would.
 
-Names: ``generate``, ``verify``, ``write``, ``checkpoint``, ``train``, ``evaluate``, ``commit``,
-``cleanup``.
+Names: ``generate``, ``verify``, ``write``, ``append``, ``checkpoint``, ``train``, ``evaluate``,
+``commit``, ``cleanup``, ``locked``.
 """
 
 from __future__ import annotations
@@ -23,32 +30,81 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
-_reached: dict[str, int] = {}
+PREFIX = "SYNTHLOOP_FAULT_"
 
 
-def fsync_enabled() -> bool:
-    return os.environ.get("SYNTHLOOP_FAULT_NO_FSYNC", "") not in ("1", "true")
+@dataclass
+class Faults:
+    """Where and how to fail; ``Faults()`` does nothing. Counts points reached by this object."""
+
+    delay: float = 0.0
+    trace: Path | None = None
+    oserror: tuple[str, int, int] | None = None  # (point, occurrence, errno)
+    wait: tuple[str, Path] | None = None  # (point, file whose existence releases it)
+    reached: Counter[str] = field(default_factory=Counter, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.delay > 0 or self.trace is not None or self.oserror is not None or self.wait is not None
+
+    def point(self, name: str, detail: str = "") -> None:
+        if not self.active:
+            return
+        self.reached[name] += 1
+        if self.trace is not None:
+            with open(self.trace, "a") as handle:
+                handle.write(f"{name} {detail}\n")
+        if self.oserror is not None:
+            fail_name, count, code = self.oserror
+            if fail_name == name and self.reached[name] == count:
+                raise OSError(code, f"injected I/O error at {name}", detail or None)
+        if self.wait is not None and self.wait[0] == name and self.reached[name] == 1:
+            while not self.wait[1].exists():
+                time.sleep(0.005)
+        if self.delay > 0:
+            time.sleep(self.delay)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Faults:
+        """The faults the ``SYNTHLOOP_FAULT_*`` variables ask for (``os.environ`` by default), for
+        entry points only: the command line, a test's script."""
+        environ = os.environ if environ is None else environ
+        oserror = None
+        if environ.get(PREFIX + "OSERROR"):
+            name, _, rest = environ[PREFIX + "OSERROR"].partition(":")
+            count, _, code = rest.partition(":")
+            oserror = (name, int(count or 1), getattr(errno, code) if code else errno.EIO)
+        wait = None
+        if environ.get(PREFIX + "WAIT"):
+            name, _, path = environ[PREFIX + "WAIT"].partition(":")
+            wait = (name, Path(path))
+        trace = environ.get(PREFIX + "TRACE")
+        return cls(delay=float(environ.get(PREFIX + "DELAY", "0") or 0),
+                    trace=Path(trace) if trace else None, oserror=oserror, wait=wait)
+
+
+def fsync_from_environment(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the store should fsync: yes unless ``SYNTHLOOP_FAULT_NO_FSYNC`` is set."""
+    environ = os.environ if environ is None else environ
+    return environ.get(PREFIX + "NO_FSYNC", "") not in ("1", "true")
+
+
+# -- transitional: iteration.py still calls ``faults.point``; it will call ``Journal.point`` instead
+
+_loop_faults = Faults()
+
+
+def route_loop_points(faults: Faults) -> None:
+    """Send the module-level :func:`point` calls to ``faults`` (the journal of the running loop)."""
+    global _loop_faults
+    _loop_faults = faults
 
 
 def point(name: str, detail: str = "") -> None:
-    if not any(key.startswith("SYNTHLOOP_FAULT_") for key in os.environ):
-        return
-    _reached[name] = _reached.get(name, 0) + 1
-    trace = os.environ.get("SYNTHLOOP_FAULT_TRACE")
-    if trace:
-        with open(trace, "a") as handle:
-            handle.write(f"{name} {detail}\n")
-    failing = os.environ.get("SYNTHLOOP_FAULT_OSERROR", "")
-    if failing:
-        fail_name, _, count = failing.partition(":")
-        if fail_name == name and _reached[name] == int(count or 1):
-            raise OSError(errno.EIO, f"injected I/O error at {name}", detail or None)
-    delay = float(os.environ.get("SYNTHLOOP_FAULT_DELAY", "0") or 0)
-    if delay > 0:
-        time.sleep(delay)
-
-
-def reset() -> None:
-    """Forget how often each point was reached (for in-process tests)."""
-    _reached.clear()
+    """Deprecated shim for the loop's own points; ``Journal.point`` replaces it."""
+    _loop_faults.point(name, detail)

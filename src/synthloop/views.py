@@ -1,7 +1,10 @@
 """Reading finished or stopped runs: summaries for ``inspect`` and ``report``, and data export.
 
-Everything here reads through :class:`~synthloop.store.RunStore`, so every file is checked against
-the manifest before use; iteration summaries come from the manifest, which carries its own sha256.
+Everything here reads through :class:`~synthloop.store.RunStore` and checks what it reads: the size
+of every file the run lists, always, and the sha256 of every file it opens (of every file at all for
+``inspect``, which also checks ``manifest.backup.json``). A damaged file stops it with one line
+naming the file. Readers take no lock: if a writer commits while they read (and deletes files the
+state they started from listed), they read again from the new state.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from synthloop.store import RunDirectoryError, RunStore, atomic_write_bytes, table_bytes
+from synthloop.store import (
+    MANIFEST_BACKUP,
+    RunDirectoryError,
+    RunStore,
+    atomic_write_bytes,
+    read_consistently,
+    table_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -43,22 +53,29 @@ class RunSummary:
                 f"{self.budget:g} {self.unit} ({100 * spent / self.budget:.1f}%); {state}")
 
 
-def run_summary(run_dir: Path) -> RunSummary:
-    store = RunStore(run_dir)
+def run_summary(run_dir: Path, *, content: bool = False) -> RunSummary:
+    """A run's summary, after checking every file's size (``content``: every file's sha256 too)."""
+    return read_consistently(Path(run_dir), lambda: _summary(RunStore(run_dir), content=content))
+
+
+def _summary(store: RunStore, *, content: bool) -> RunSummary:
     manifest = store.manifest()
     config = yaml.safe_load(store.config_text())
-    task = json.dumps(config.get("task"), sort_keys=True)
-    committed_initial = manifest.get("initial") or {}
-    initial = committed_initial.get("metrics", {})
-    primary, higher = committed_initial.get("primary_metric", ""), committed_initial.get("higher_is_better")
+    store.verify(content=content)
+    if content:
+        store.read_manifest(MANIFEST_BACKUP)
+    open_ = store.open_iteration()
+    initial = manifest.initial
     return RunSummary(
-        path=Path(run_dir), name=str(config.get("name", Path(run_dir).name)), task=task,
-        primary=primary, higher_is_better=higher, budget=float(config["budget"]["total"]),
-        unit=str(config["budget"].get("unit", "samples")), schedule=_schedule_label(config["schedule"]),
-        initial=dict(initial), iterations=[dict(e["summary"]) for e in manifest["iterations"]],
-        open_parts=len(manifest["open"]["parts"]) if manifest.get("open") else 0,
-        finished=bool(manifest.get("finished")),
-        ledger=[r for e in manifest["iterations"] for r in e["ledger"]],
+        path=store.root, name=str(config.get("name", store.root.name)),
+        task=json.dumps(config.get("task"), sort_keys=True),
+        primary=initial.primary_metric if initial else "",
+        higher_is_better=initial.higher_is_better if initial else None,
+        budget=float(config["budget"]["total"]), unit=str(config["budget"].get("unit", "samples")),
+        schedule=_schedule_label(config["schedule"]), initial=dict(initial.metrics) if initial else {},
+        iterations=[store.metrics(e.iteration) for e in manifest.iterations],
+        open_parts=len(open_.parts) if open_ else 0, finished=manifest.finished,
+        ledger=store.ledger().to_pylist(),
     )
 
 
@@ -73,15 +90,7 @@ def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
     Both load with ``datasets.load_dataset("parquet" | "json", data_files=...)``. Array samples become
     fixed-size lists (Parquet) or nested lists (JSON); ids are ``iteration``, ``part``, ``index``.
     """
-    store = RunStore(run_dir)
-    committed = [e["iteration"] for e in store.manifest()["iterations"]]
-    if not committed:
-        raise RunDirectoryError(f"{run_dir}: no committed iteration to export yet")
-    chosen = committed[-1] if iteration == -1 else iteration
-    if chosen not in committed:
-        raise RunDirectoryError(f"{run_dir}: iteration {chosen} is not committed (committed: "
-                                f"{committed[0]}..{committed[-1]})")
-    table = _plain(store.selected(chosen))
+    table = read_consistently(Path(run_dir), lambda: _selected(RunStore(run_dir), iteration))
     if out.suffix == ".jsonl":
         lines = [json.dumps(row, allow_nan=True) for row in table.to_pylist()]
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode() if lines else b"")
@@ -90,6 +99,19 @@ def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
     else:
         raise RunDirectoryError(f"{out}: the export format comes from the suffix: .parquet or .jsonl")
     return table.num_rows
+
+
+def _selected(store: RunStore, iteration: int) -> pa.Table:
+    committed = [e.iteration for e in store.manifest().iterations]
+    if not committed:
+        raise RunDirectoryError(f"{store.root}: no committed iteration to export yet")
+    chosen = committed[-1] if iteration == -1 else iteration
+    if chosen not in committed:
+        raise RunDirectoryError(f"{store.root}: iteration {chosen} is not committed (committed: "
+                                f"{committed[0]}..{committed[-1]})")
+    store.config_text()
+    store.verify(content=False)
+    return _plain(store.selected(chosen))
 
 
 def _plain(table: pa.Table) -> pa.Table:
