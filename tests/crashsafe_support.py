@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from synthloop.faults import Faults
@@ -100,3 +106,51 @@ def candidate_ids(run_dir: Path) -> list[tuple[int, int, int]]:
         table = pq.read_table(path, columns=["iteration", "part", "index"]).to_pydict()
         ids.extend(zip(table["iteration"], table["part"], table["index"], strict=True))
     return ids
+
+
+def wait_for(process: subprocess.Popen[bytes], trace: Path, phase: str, occurrence: int) -> bool:
+    """Wait until ``phase`` has been reached ``occurrence`` times; False if the process ended first."""
+    while process.poll() is None:
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        if sum(line.split(" ", 1)[0] == phase for line in lines) >= occurrence:
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def kill_repeatedly(spawn: Callable[[Path, Path], subprocess.Popen[bytes]], run_dir: Path, tmp_path: Path, *,
+                    phases: Mapping[str, int], kills: int, seed: int, delay: float, budget: float) -> Counter[str]:
+    """Start the run with ``spawn(trace, stderr)`` and SIGKILL it at a random moment, again and again,
+    until it has been killed ``kills`` times (or has finished); return where the kills landed.
+
+    Each moment is a fault point drawn with ``phases``' weights, which occurrence of it, and a random
+    offset inside its window (the run sleeps ``delay`` at every point). After every kill the
+    committed state must be intact and within ``budget``.
+    """
+    names = list(phases)
+    weights = np.array(list(phases.values()), dtype=float) / sum(phases.values())
+    rng = np.random.default_rng(seed)
+    killed_in: Counter[str] = Counter()
+    attempts = 0
+    while sum(killed_in.values()) < kills:
+        attempts += 1
+        assert attempts < 4 * kills, f"the run kept finishing before it could be killed: {killed_in}"
+        trace, stderr = tmp_path / f"trace-{attempts}", tmp_path / f"stderr-{attempts}"
+        phase = str(rng.choice(names, p=weights))
+        process = spawn(trace, stderr)
+        reached = wait_for(process, trace, phase, occurrence=int(rng.integers(1, 3)))
+        time.sleep(float(rng.uniform(0.0, delay)))
+        if not reached or process.poll() is not None:
+            process.wait()
+            assert process.returncode == 0, stderr.read_text()
+            if (run_dir / "manifest.json").exists() and json.loads((run_dir / "manifest.json").read_text()).get("finished"):
+                break
+            continue
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed_in[trace.read_text().splitlines()[-1].split(" ", 1)[0]] += 1
+        assert process.returncode == -signal.SIGKILL
+        if (run_dir / "manifest.json").exists():  # the committed state is intact after every kill
+            RunStore(run_dir).read_manifest()
+            assert spent(run_dir) <= budget
+    return killed_in

@@ -11,18 +11,13 @@ wide enough to hit on a shared CI machine. fsync stays on: this is the real comm
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from crashsafe_support import FAST, ROOT, candidate_ids, cli, cli_env, snapshot, spent
+from crashsafe_support import FAST, ROOT, candidate_ids, cli, cli_env, kill_repeatedly, snapshot
 from synthloop.configs import load_config
 from synthloop.experiments import run_config
 from synthloop.store import RunStore
@@ -46,16 +41,6 @@ def _spawn(runs_dir: Path, trace: Path, stderr: Path) -> subprocess.Popen[bytes]
                                 stdout=subprocess.DEVNULL, stderr=errors)
 
 
-def _wait_for(process: subprocess.Popen[bytes], trace: Path, phase: str, occurrence: int) -> bool:
-    """Wait until ``phase`` has been reached ``occurrence`` times; False if the process ended first."""
-    while process.poll() is None:
-        lines = trace.read_text().splitlines() if trace.exists() else []
-        if sum(line.split(" ", 1)[0] == phase for line in lines) >= occurrence:
-            return True
-        time.sleep(0.002)
-    return False
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
     tmp_path: Path,
@@ -65,35 +50,10 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
     run_config(load_config(KILL_CONFIG), run_dir=reference_dir / "crash", open_store=FAST)
     reference = snapshot(reference_dir / "crash")
     budget = load_config(KILL_CONFIG).budget.total
-    names = list(PHASES)
-    weights = np.array(list(PHASES.values()), dtype=float) / sum(PHASES.values())
-
-    rng = np.random.default_rng(20261123)  # its first 20 phases include every one asserted below
     runs_dir = tmp_path / "killed"
     run_dir = runs_dir / "crash"
-    killed_in: Counter[str] = Counter()
-    attempts = 0
-    while sum(killed_in.values()) < KILLS:
-        attempts += 1
-        assert attempts < 4 * KILLS, f"the run kept finishing before it could be killed: {killed_in}"
-        trace = tmp_path / f"trace-{attempts}"
-        phase = str(rng.choice(names, p=weights))
-        process = _spawn(runs_dir, trace, tmp_path / f"stderr-{attempts}")
-        reached = _wait_for(process, trace, phase, occurrence=int(rng.integers(1, 3)))
-        time.sleep(float(rng.uniform(0.0, DELAY)))
-        if not reached or process.poll() is not None:
-            process.wait()
-            assert process.returncode == 0, (tmp_path / f"stderr-{attempts}").read_text()
-            if (run_dir / "manifest.json").exists() and json.loads((run_dir / "manifest.json").read_text()).get("finished"):
-                break
-            continue
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        killed_in[trace.read_text().splitlines()[-1].split(" ", 1)[0]] += 1
-        assert process.returncode == -signal.SIGKILL
-        if (run_dir / "manifest.json").exists():  # the committed state is intact after every kill
-            RunStore(run_dir).read_manifest()
-            assert spent(run_dir) <= budget
+    killed_in = kill_repeatedly(lambda trace, stderr: _spawn(runs_dir, trace, stderr), run_dir, tmp_path,
+                                phases=PHASES, kills=KILLS, seed=20261123, delay=DELAY, budget=budget)
     print(f"killed {sum(killed_in.values())} times, in: {dict(killed_in)}")
     assert sum(killed_in.values()) >= 20, killed_in
     assert {"generate", "write", "append", "train", "commit"} <= set(killed_in), killed_in

@@ -92,19 +92,3 @@ def fsync_from_environment(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the store should fsync: yes unless ``SYNTHLOOP_FAULT_NO_FSYNC`` is set."""
     environ = os.environ if environ is None else environ
     return environ.get(PREFIX + "NO_FSYNC", "") not in ("1", "true")
-
-
-# -- transitional: iteration.py still calls ``faults.point``; it will call ``Journal.point`` instead
-
-_loop_faults = Faults()
-
-
-def route_loop_points(faults: Faults) -> None:
-    """Send the module-level :func:`point` calls to ``faults`` (the journal of the running loop)."""
-    global _loop_faults
-    _loop_faults = faults
-
-
-def point(name: str, detail: str = "") -> None:
-    """Deprecated shim for the loop's own points; ``Journal.point`` replaces it."""
-    _loop_faults.point(name, detail)

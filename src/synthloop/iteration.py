@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from synthloop import faults
 from synthloop.budget import TOLERANCE, Ledger
 from synthloop.events import Event, PartDone
 from synthloop.protocols import Batch, TrainingSet
@@ -163,12 +162,12 @@ class Iteration:
             self._charge(stages.score, chosen.usage, len(chosen.prompts), time.perf_counter() - clock)
         clock = time.perf_counter()
         candidates = self.parts.generator.generate(model, chosen.prompts, rng=self.rng(GENERATE, p))
-        faults.point("generate", f"{self.t}/{p}")
+        self.journal.point("generate", f"{self.t}/{p}")
         for stage, usage in _by_stage(_totals(candidates.usage), stages.generate).items():
             self._charge(stage, usage, len(candidates), time.perf_counter() - clock if stage == stages.generate else 0.0)
         clock = time.perf_counter()
         scores = self.parts.task.verifier.verify(candidates, chosen.prompts)
-        faults.point("verify", f"{self.t}/{p}")
+        self.journal.point("verify", f"{self.t}/{p}")
         self._charge(stages.verify, _totals(scores.usage) or {"samples": float(len(scores))}, len(scores),
                      time.perf_counter() - clock)
         batch = Batch(candidates, chosen.prompts, without_usage(scores))
@@ -250,7 +249,7 @@ class Iteration:
         evaluation: dict[str, float] = {}
         if (self.t + 1) % self.settings.eval_every == 0 or cut:
             evaluation = self.parts.task.evaluate(self.parts.learner.model, rng=self.rng(EVALUATE))
-            faults.point("evaluate", str(self.t))
+            self.journal.point("evaluate", str(self.t))
         record = self._record(cut=cut, exhausted=exhausted, started=started, training=training,
                               evaluation=evaluation)
         kept = [(k.part, k.index, k.batch.candidates, k.batch.scores) for k in self.kept]
@@ -266,7 +265,7 @@ class Iteration:
             self.parts.training_set.build(selected, prompts, rng=self.rng(TRAINING_SET)))
         clock = time.perf_counter()
         metrics = self.parts.learner.update(training_set.candidates, training_set.prompts, rng=self.rng(UPDATE))
-        faults.point("train", str(self.t))
+        self.journal.point("train", str(self.t))
         usage = _totals(self.parts.learner.training_usage(training_set.candidates))
         self._charge(self.parts.stages.train, usage, len(training_set.candidates), time.perf_counter() - clock)
         return metrics, (len(training_set.candidates), training_set.n_carried, training_set.n_outside)

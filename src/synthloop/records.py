@@ -215,7 +215,12 @@ class Observations:
 
     @classmethod
     def of(cls, prompt_index: npt.NDArray[np.int64], verdict: npt.NDArray[np.int8]) -> Observations:
-        index, inverse = np.unique(np.asarray(prompt_index, dtype=np.int64), return_inverse=True)
+        prompt_index = np.asarray(prompt_index, dtype=np.int64)
+        if len(prompt_index) > 0 and prompt_index.min() == prompt_index.max():  # one prompt (unconditional)
+            counts = np.bincount(np.asarray(verdict, dtype=np.int64), minlength=3)[:3].reshape(1, 3)
+            return cls(prompt_index[:1].copy(), counts[:, Verdict.PASS], counts[:, Verdict.FAIL],
+                       counts[:, Verdict.ERROR])
+        index, inverse = np.unique(prompt_index, return_inverse=True)
         counts = np.zeros((len(index), 3), dtype=np.int64)
         np.add.at(counts, (inverse, np.asarray(verdict, dtype=np.int64)), 1)
         return cls(index, counts[:, Verdict.PASS], counts[:, Verdict.FAIL], counts[:, Verdict.ERROR])

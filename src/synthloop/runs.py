@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from synthloop import faults
 from synthloop.budget import Ledger, LedgerRow
 from synthloop.protocols import Task
 from synthloop.records import Candidates, Observations, Scores
@@ -103,8 +102,6 @@ class Journal:
         self.store_candidates = store_candidates
         self.keep_checkpoints = keep_checkpoints
         self.sparse_every = sparse_every
-        # transitional: iteration.py still calls faults.point; it will call self.journal.point
-        faults.route_loop_points(store.faults if store is not None else faults.Faults())
 
     def point(self, name: str, detail: str = "") -> None:
         """A moment where a crash matters (the store's fault-injection hook; inert by default)."""
