@@ -34,7 +34,10 @@ $(VENV)/.full: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/synthloop compare examples/gaussian.yaml --out runs/gaussian-compare
 
+# ruff and mypy (over the tests too) first, so that the suite's own summary is the last thing printed
 test: $(VENV)/.full
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 	$(OFFLINE) $(PY) -m pytest
 
 # A new environment every time, so "newest" means the newest today. torch stays pinned: it is named
@@ -57,7 +60,7 @@ constraints:
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 lint: $(VENV)/.full
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
 
 clean:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gaussian.yaml"
 
 
-def synthloop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def synthloop(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "synthloop.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=300, check=False)
 
@@ -80,7 +80,7 @@ def test_compare_writes_table_and_plot(tmp_path):
     assert len(json.loads((tmp_path / "one" / "compare.json").read_text())["trajectories"]) == 1
 
 
-BAD = {
+BAD: dict[str, tuple[dict[str, object], str]] = {
     "unknown key": ({"budget__totl": 5}, "budget.totl: unknown key"),
     "wrong type": ({"budget__total": "lots"}, "budget.total: Input should be a valid number"),
     "negative budget": ({"budget__total": -5}, "budget.total: Input should be greater than 0"),

@@ -28,7 +28,7 @@ def write(tmp_path: Path, **sections: object) -> Path:
     return path
 
 
-BAD = {
+BAD: dict[str, tuple[dict[str, object], str]] = {
     "priced-unreported": ({"budget": {"total": 800, "costs": {"generate": {"tokens": 5}, "train": 1.0}}},
                           "budget.costs.generate.tokens"),
     "unknown-stage": ({"budget": {"total": 800, "costs": {"generat": 0.1, "train": 1.0}}}, "generat"),

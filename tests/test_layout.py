@@ -161,3 +161,19 @@ def test_plan_imports_no_ml_framework(example: str) -> None:
     assert report["code"] == 0 and "iterations; plan uses" in out.stdout
     assert "synthloop" in report["modules"]
     assert [name for name in ML_FRAMEWORKS if name in report["modules"]] == []
+
+
+def test_no_function_in_the_package_is_over_50_lines() -> None:
+    """A long function is a stage hiding inside another (STYLE.md): keep every one to a screenful."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                length = node.end_lineno - node.lineno + 1
+                if length > 50:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []
+
+
+def test_the_loop_reads_in_one_sitting() -> None:
+    assert len((PACKAGE / "loop.py").read_text().splitlines()) <= 200

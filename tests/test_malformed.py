@@ -27,6 +27,7 @@ import pytest
 
 from synthloop.configs import ConfigError, load_config, make_planner, parse_config
 from synthloop.names import PathEscapeError, check_name, child_path
+from synthloop.schedules import ExplicitSchedule
 from synthloop.yamlio import MAX_BYTES, load_yaml, shown
 
 BASE = """\
@@ -686,6 +687,7 @@ def test_config_case_in_process(case: Case, tmp_path: Path) -> None:
 
 def test_the_base_config_is_valid_so_each_case_fails_for_its_own_reason() -> None:
     config = parse_config(load_yaml(BASE, source="base"))
+    assert not isinstance(config.schedule, ExplicitSchedule)
     assert (config.name, config.budget.total, config.schedule.iterations) == ("corpus", 600.0, 4)
     assert config.compare is not None and list(config.compare.schedules) == ["constant"]
 

@@ -183,7 +183,7 @@ def test_no_run_spends_past_its_budget_with_every_stage_priced(
                                               "judge": {"samples": c_judge}, "verify": {"samples": c_verify},
                                               "train": {"samples": c_train}})
     per_draw = c_label + 2 * c_score + c_judge + c_verify
-    mode = "select" if batch or not chosen.streaming else "accept"
+    mode: typing.Literal["accept", "select"] = "select" if batch or not chosen.streaming else "accept"
     history = run(parts, _planner(budget, n0, per_draw=per_draw, per_selected=c_train, iterations=6), costs,
                   LoopSettings(mode=mode, chunk_size=chunk, oversample=3.0, max_draws_per_selected=400), seed=seed)
     spent = history[-1].cumulative_cost if history else 0.0
@@ -274,7 +274,7 @@ def test_a_verifier_priced_by_tokens_is_bounded_before_generation():
     costs = CostModel(unit="tokens", prices={"verify": {"tokens": 1.0}, "train": {"samples": 1.0}})
     planner = Planner(make=schedules.constant, budget=5000, unit_costs=UnitCosts(100, 1.0), acceptance_rate=0.5, n0=20)
     parts = pool_components(scored=False, accumulate=False)
-    parts.task.verifier = TokenJudge(parts.task.difficulty)  # type: ignore[attr-defined]
+    parts.task.verifier = TokenJudge(parts.task.difficulty)  # type: ignore[attr-defined,misc]
     with pytest.raises(ValueError, match=r"budget.costs.verify.tokens"):  # undeclared: refused up front
         run(parts, planner, costs, LoopSettings(chunk_size=64), seed=0)
     parts.verify_usage_per_candidate = {"samples": 1.0, "tokens": 100.0}
@@ -296,8 +296,9 @@ def test_every_selector_kind_in_the_config_builds_a_conforming_selector(model):
 @pytest.mark.parametrize("model", _kinds(ScheduleConfig), ids=lambda m: m.__name__)
 def test_every_schedule_kind_in_the_config_builds_a_schedule(model):
     kind = typing.get_args(model.model_fields["kind"].annotation)[0]
-    needed = {"polynomial": {"alpha": 1.0}, "exponential": {"growth": 0.5}, "explicit": {"values": [3, 5]},
-              "gaussian_optimal": {}}.get(kind, {})
+    params: dict[str, dict[str, object]] = {"polynomial": {"alpha": 1.0}, "exponential": {"growth": 0.5},
+                                            "explicit": {"values": [3, 5]}}
+    needed = params.get(kind, {})
     extra = {} if kind == "explicit" else {"n0": 10.0}
     schedule = model(kind=kind, **needed, **extra).factory({"sigma": 1.0, "kappa": 1.0})(10.0)
     assert schedule(0) >= 1 and schedule(1) >= schedule(0)
