@@ -210,9 +210,16 @@ def test_tensorboard_tracker_writes_readable_event_files(runs: list[Path], tmp_p
 
 
 @pytest.mark.parametrize("backend", ["folder", pytest.param("sqlite", marks=pytest.mark.slow)])
-def test_mlflow_tracker_logs_to_a_local_store(backend: str, runs: list[Path], tmp_path: Path) -> None:
+def test_mlflow_tracker_logs_to_a_local_store(backend: str, runs: list[Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mlflow")
-    from synthloop.trackers import MLflowTracker
+    from synthloop.trackers import FILE_STORE_VARIABLE, MLflowTracker
+
+    monkeypatch.delenv(FILE_STORE_VARIABLE, raising=False)
+    if backend == "folder":
+        with pytest.raises(ValueError, match=FILE_STORE_VARIABLE):  # library code asks, never sets
+            MLflowTracker(str(tmp_path / "refused"), run_name="crash-a")
+        monkeypatch.setenv(FILE_STORE_VARIABLE, "true")
 
     if backend == "sqlite":
         pytest.importorskip("sqlalchemy")

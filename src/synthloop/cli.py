@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,13 +116,14 @@ def resume(run_dir: RunDirArg, tensorboard: TensorBoardOpt = None, mlflow: Mlflo
 
 @contextmanager
 def _trackers(name: str, tensorboard: Path | None, mlflow: str | None) -> Iterator[list[Any]]:
-    from synthloop.trackers import MLflowTracker, TensorBoardTracker
+    from synthloop.trackers import FILE_STORE_VARIABLE, MLflowTracker, TensorBoardTracker
 
     trackers: list[Any] = []
     try:
         if tensorboard is not None:
             trackers.append(TensorBoardTracker(tensorboard / name))
         if mlflow is not None:
+            os.environ.setdefault(FILE_STORE_VARIABLE, "true")  # the command line's choice: folders work
             trackers.append(MLflowTracker(mlflow, run_name=name))
         yield trackers
     finally:

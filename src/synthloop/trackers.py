@@ -72,6 +72,9 @@ class TensorBoardTracker:
         self._writer.close()
 
 
+FILE_STORE_VARIABLE = "MLFLOW_ALLOW_FILE_STORE"
+
+
 class MLflowTracker:
     """Logs to an MLflow run (one per synthloop run) at a local tracking URI."""
 
@@ -79,10 +82,11 @@ class MLflowTracker:
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri if "://" in tracking_uri else Path(tracking_uri).resolve().as_uri()
-        if uri.startswith("file:"):
-            # MLflow 3 keeps its file store only on request ("maintenance mode"); it needs no server
-            # and no SQL driver, which is what a local run wants.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if uri.startswith("file:") and os.environ.get(FILE_STORE_VARIABLE, "") != "true":
+            # MLflow 3 keeps its file store only on request ("maintenance mode"); the command line
+            # asks for it (a folder needs no server and no SQL driver), library code does not.
+            raise ValueError(f"MLflow opens a folder store only with {FILE_STORE_VARIABLE}=true in the "
+                             "environment; set it, or give a sqlite:/// tracking URI")
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
