@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from synthloop.store import (
     MANIFEST_BACKUP,
@@ -26,6 +25,7 @@ from synthloop.store import (
     read_consistently,
     table_bytes,
 )
+from synthloop.yamlio import load_yaml
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def run_summary(run_dir: Path, *, content: bool = False) -> RunSummary:
 
 def _summary(store: RunStore, *, content: bool) -> RunSummary:
     manifest = store.manifest()
-    config = yaml.safe_load(store.config_text())
+    config = load_yaml(store.config_text(), source=str(store.root / "config.yaml"))
     store.verify(content=content)
     if content:
         store.read_manifest(MANIFEST_BACKUP)
