@@ -189,9 +189,8 @@ class Iteration:
         # and keeping the first n_t - kept gives the same rows as asking for n_t - kept
         accepted = self.parts.selector.select(batch, n_wanted=len(batch), rng=self.rng(SELECT, part.part))
         part.acceptable = len(accepted)
-        chosen = self._admit(accepted[:max(self.target - self.n_kept, 0)], batch)
+        chosen, kept = self._admit(accepted[:max(self.target - self.n_kept, 0)], batch)
         if len(chosen) > 0:
-            kept = batch.take(chosen)
             part.kept = (chosen, kept.candidates, kept.scores)
         part.train_committed = self.train_committed
 
@@ -219,17 +218,20 @@ class Iteration:
             return self.acceptance
         return max(self.acceptable, 1) / self.generated
 
-    def _admit(self, chosen: npt.NDArray[np.int64], batch: Batch) -> npt.NDArray[np.int64]:
-        """The prefix of ``chosen`` whose training cost still fits the budget; reserves it."""
+    def _admit(self, chosen: npt.NDArray[np.int64], batch: Batch) -> tuple[npt.NDArray[np.int64], Batch]:
+        """The prefix of ``chosen`` whose training cost still fits the budget, and its rows; reserves it."""
+        picked = batch.take(chosen)
         if len(chosen) == 0:
-            return chosen
-        train_cost = self._train_cost(batch.candidates.take(chosen))
+            return chosen, picked
+        train_cost = self._train_cost(picked.candidates)
         room = (self.ledger.remaining - self.train_committed) * (1 + TOLERANCE)
         fits = int(np.searchsorted(np.cumsum(train_cost), room, side="right"))
         if train_cost.sum() <= room:
             fits = len(chosen)
         self.train_committed += float(train_cost[:fits].sum())
-        return chosen[:fits]
+        if fits < len(chosen):
+            return chosen[:fits], picked.take(np.arange(fits))
+        return chosen, picked
 
     def _select_all(self) -> None:
         if not self.pending:
@@ -238,9 +240,9 @@ class Iteration:
         chosen = self.parts.selector.select(everything, n_wanted=self.target, rng=self.rng(SELECT, 0))
         offsets = np.cumsum([0] + [len(b) for _, b in self.pending])
         for (part, batch), lo, hi in zip(self.pending, offsets[:-1], offsets[1:], strict=True):
-            admitted = self._admit(chosen[(chosen >= lo) & (chosen < hi)] - lo, batch)
+            admitted, rows = self._admit(chosen[(chosen >= lo) & (chosen < hi)] - lo, batch)
             if len(admitted) > 0:
-                self.kept.append(Kept(part, admitted, batch.take(admitted)))
+                self.kept.append(Kept(part, admitted, rows))
 
     # -- training, evaluation, commit --------------------------------------------------------------
 
@@ -273,6 +275,8 @@ class Iteration:
     def _affordable_training(self, training_set: TrainingSet) -> TrainingSet:
         """The training set, its last rows dropped if their cost no longer fits: only where measured
         seconds of this iteration's parts ate into the training cost reserved for them."""
+        if self.train_committed <= self.ledger.remaining * (1 + TOLERANCE):  # the reservation holds
+            return training_set
         cost = self._train_cost(training_set.candidates)
         room = self.ledger.remaining * (1 + TOLERANCE)
         if cost.sum() <= room:
