@@ -160,3 +160,13 @@ def test_compare_runs_stay_inside_out(tmp_path):
     assert result.returncode == 2
     assert "compare.schedules: schedule names name folders: '../../escaped' is not a folder name" in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_version_and_short_help() -> None:
+    from synthloop import __version__
+
+    version = synthloop("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"synthloop {__version__}"
+    for args in (("-h",), ("plan", "-h"), ("run", "-h")):
+        shown = synthloop(*args)
+        assert shown.returncode == 0 and "Usage:" in shown.stdout, args

@@ -25,8 +25,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(width=None if sys.stdout.isatty() else 140)  # logs: no truncated columns
+
+
+def _version(value: bool) -> None:
+    if value:
+        from synthloop import __version__
+
+        typer.echo(f"synthloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Iterative synthetic-data bootstrapping under a compute budget."""
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory (RUNS_DIR/NAME).", show_default=False)]
