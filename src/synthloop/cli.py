@@ -112,10 +112,30 @@ def run(
         cfg = load_config(config)
         run_dir = child_path(runs_dir, cfg.name)
         make_planner(cfg)  # a plan that cannot run fails here, before a tracker writes its first file
-        with RunProgress() as progress, _trackers(cfg.name, tensorboard, mlflow) as trackers:
+        with _interruptible(run_dir), RunProgress() as progress, \
+                _trackers(cfg.name, tensorboard, mlflow) as trackers:
             history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
                                  overwrite=overwrite, open_store=open_store)
     _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
+
+
+@contextmanager
+def _interruptible(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C: one line saying what is committed and how to continue, exit 130 (128 + SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        store = RunStore(run_dir)
+        if not store.holds_run():
+            typer.echo("synthloop: interrupted before anything was committed; run the same command again",
+                       err=True)
+            raise typer.Exit(130) from None
+        open_ = store.open_iteration()
+        committed = f"{len(store.manifest().iterations)} iterations committed" + (
+            f" and {len(open_.parts)} parts of iteration {open_.iteration}" if open_ else "")
+        typer.echo(f"synthloop: interrupted; {committed} in {run_dir}; `synthloop resume {run_dir}` "
+                   "continues it", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -124,7 +144,8 @@ def resume(run_dir: RunDirArg, tensorboard: TensorBoardOpt = None, mlflow: Mlflo
     from synthloop.experiments import resume_run
     from synthloop.progress import RunProgress, fan_out
 
-    with clear_errors(), RunProgress() as progress, _trackers(run_dir.name, tensorboard, mlflow) as trackers:
+    with clear_errors(), _interruptible(run_dir), RunProgress() as progress, \
+            _trackers(run_dir.name, tensorboard, mlflow) as trackers:
         cfg, history = resume_run(run_dir, report=fan_out(progress, *trackers), open_store=open_store)
     _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
 
