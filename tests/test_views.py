@@ -106,6 +106,8 @@ def test_export_is_loadable_by_datasets(suffix: str, runs: list[Path], tmp_path:
     assert loaded["index"] == stored.column("index").to_pylist()
     assert loaded["x"] == stored.column("sample.x").to_pylist()
     assert loaded["reward"] == stored.column("reward").to_pylist()
+    names = {0: "pass", 1: "fail", 2: "error"}
+    assert loaded["verdict_name"] == [names[v] for v in stored.column("verdict").to_pylist()]
 
 
 def test_export_of_an_uncommitted_iteration_is_an_error(runs: list[Path], tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synthloop.records import Verdict
 from synthloop.store import (
     MANIFEST_BACKUP,
     RunDirectoryError,
@@ -115,7 +116,12 @@ def _selected(store: RunStore, iteration: int) -> pa.Table:
 
 
 def _plain(table: pa.Table) -> pa.Table:
-    """Column names without dots (``sample.x`` -> ``x``) and no synthloop-only field metadata."""
+    """Column names without dots (``sample.x`` -> ``x``), no synthloop-only field metadata, and the
+    verdict as its name (``pass``, ``fail``, ``error``) beside its code."""
     names = [n.removeprefix("sample.").replace(".", "_") for n in table.column_names]
-    return pa.Table.from_arrays(table.columns, names=names)
+    plain = pa.Table.from_arrays(table.columns, names=names)
+    if "verdict" not in names:
+        return plain
+    labels = [Verdict(code).name.lower() for code in plain.column("verdict").to_pylist()]
+    return plain.append_column("verdict_name", pa.array(labels, type=pa.string()))
 
