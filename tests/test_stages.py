@@ -302,3 +302,25 @@ def test_every_schedule_kind_in_the_config_builds_a_schedule(model):
     extra = {} if kind == "explicit" else {"n0": 10.0}
     schedule = model(kind=kind, **needed, **extra).factory({"sigma": 1.0, "kappa": 1.0})(10.0)
     assert schedule(0) >= 1 and schedule(1) >= schedule(0)
+
+
+class SelfCheckingGenerator(PoolGenerator):
+    """A generator that reads each answer back itself (a checker with tokens): ``verify:tokens``."""
+
+    def max_usage_per_draw(self) -> dict[str, float]:
+        return {"samples": 1.0, "verify:tokens": 50.0}
+
+    def generate(self, model: float, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        candidates = super().generate(model, prompts, rng=rng)
+        return Candidates(candidates.samples, candidates.prompt_index,
+                          {**candidates.usage, "verify:tokens": np.full(len(prompts), 50.0)})
+
+
+def test_checks_a_generator_runs_itself_are_declared_and_charged_to_their_stage():
+    parts = pool_components(scored=False, accumulate=False)
+    parts.generator = SelfCheckingGenerator()
+    costs = CostModel(unit="tokens", prices={"verify": {"tokens": 1.0}, "train": {"samples": 1.0}})
+    planner = Planner(make=schedules.constant, budget=5000, unit_costs=UnitCosts(50, 1.0), acceptance_rate=0.5, n0=20)
+    history = run(parts, planner, costs, LoopSettings(chunk_size=64), seed=0)  # not refused: it is declared
+    assert history[-1].cumulative_cost <= 5000
+    assert all(m.cost["verify"] == 50 * m.n_generated for m in history)

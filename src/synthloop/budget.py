@@ -28,6 +28,23 @@ class BudgetExceededError(RuntimeError):
     """A charge would take the run past its total budget (a bug in the caller: it must check first)."""
 
 
+STAGE_SEPARATOR = ":"  # a generator reports "verify:samples" for the checks it runs itself (STaR)
+
+
+def by_stage(usage: Mapping[str, float], default: str) -> dict[str, dict[str, float]]:
+    """Split usage by the stage it is charged to: quantities named ``stage:quantity`` go to that
+    stage, the others to ``default``.
+
+    >>> by_stage({"tokens": 9.0, "verify:samples": 2.0}, "generate")
+    {'generate': {'tokens': 9.0}, 'verify': {'samples': 2.0}}
+    """
+    split: dict[str, dict[str, float]] = {default: {}}
+    for name, amount in usage.items():
+        stage, _, quantity = name.rpartition(STAGE_SEPARATOR)
+        split.setdefault(stage or default, {})[quantity] = amount
+    return split
+
+
 def check_priced(prices: Mapping[str, Mapping[str, float]], declared: Mapping[str, Mapping[str, float]]) -> None:
     """Every priced stage and quantity is one some component reports (``declared``: stage ->
     quantity -> usage bound per item); raise ``ValueError`` naming the first that is not.

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, check_priced, plan
+from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, by_stage, check_priced, plan
 from synthloop.loop import LoopSettings
 from synthloop.names import check_name
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
@@ -371,10 +371,8 @@ def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str
     """Stage -> quantity -> usage bound per draw (per trained example for ``train``) that the run's
     components report: what may be priced. Generator quantities named ``stage:quantity`` (checks a
     generator runs itself) count for that stage."""
-    declared: dict[str, dict[str, float]] = {"generate": {}, "verify": {"samples": 1.0}}
-    for name, amount in family.usage_per_draw(settings).items():
-        stage, _, quantity = name.rpartition(":")
-        declared.setdefault(stage or "generate", {})[quantity] = amount
+    declared = by_stage(family.usage_per_draw(settings), "generate")
+    declared.setdefault("verify", {}).setdefault("samples", 1.0)
     if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:
         declared["score"] = {"samples": config.prompt_policy.factor}
     declared["train"] = dict(family.usage_per_example(settings))

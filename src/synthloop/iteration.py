@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from synthloop.budget import TOLERANCE, Ledger
+from synthloop.budget import TOLERANCE, Ledger, by_stage
 from synthloop.events import Event, PartDone
 from synthloop.protocols import Batch, TrainingSet
 from synthloop.records import Candidates, IterationRecord, Observations, Prompts, Verdict
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from synthloop.loop import Components, LoopSettings
 
 PROMPTS, GENERATE, SELECT, UPDATE, EVALUATE, TRAINING_SET = range(6)
-STAGE_SEPARATOR = ":"  # a generator reports "verify:samples" for the checks it runs itself (STaR)
 
 
 def rng_for(seed: int, *key: int) -> np.random.Generator:
@@ -133,7 +132,7 @@ class Iteration:
         one draw has taken so far where a stage is priced in seconds."""
         costs, stages = self.ledger.costs, self.parts.stages
         bound = sum(costs.per_unit(stage, usage)
-                    for stage, usage in _by_stage(self.parts.generator.max_usage_per_draw(), stages.generate).items())
+                    for stage, usage in by_stage(self.parts.generator.max_usage_per_draw(), stages.generate).items())
         bound += costs.per_unit(stages.verify, self.parts.verify_usage_per_candidate)
         bound += costs.per_unit(stages.score, self.parts.prompt_policy.usage_per_prompt())
         return bound + sum(self.ledger.seconds_cost_per_item(s) for s in (stages.generate, stages.verify))
@@ -163,13 +162,17 @@ class Iteration:
         clock = time.perf_counter()
         candidates = self.parts.generator.generate(model, chosen.prompts, rng=self.rng(GENERATE, p))
         self.journal.point("generate", f"{self.t}/{p}")
-        for stage, usage in _by_stage(_totals(candidates.usage), stages.generate).items():
+        generated = by_stage(_totals(candidates.usage), stages.generate)
+        checked_inside = generated.pop(stages.verify, {})  # charged with the verifier's own usage below
+        for stage, usage in generated.items():
             self._charge(stage, usage, len(candidates), time.perf_counter() - clock if stage == stages.generate else 0.0)
         clock = time.perf_counter()
         scores = self.parts.task.verifier.verify(candidates, chosen.prompts)
         self.journal.point("verify", f"{self.t}/{p}")
-        self._charge(stages.verify, _totals(scores.usage) or {"samples": float(len(scores))}, len(scores),
-                     time.perf_counter() - clock)
+        verified = _totals(scores.usage) or {"samples": float(len(scores))}
+        for quantity, amount in checked_inside.items():
+            verified[quantity] = verified.get(quantity, 0.0) + amount
+        self._charge(stages.verify, verified, len(scores), time.perf_counter() - clock)
         batch = Batch(candidates, chosen.prompts, without_usage(scores))
         part = Part(part=p, size=len(candidates), ledger_rows=self.ledger.rows[first_row:],
                     verdicts=np.bincount(scores.verdict, minlength=3)[:3].astype(np.int64),
@@ -320,13 +323,3 @@ class Iteration:
 
 def _totals(usage: Mapping[str, np.ndarray]) -> dict[str, float]:
     return {k: float(np.sum(v)) for k, v in usage.items()}
-
-
-def _by_stage(usage: Mapping[str, float], default: str) -> dict[str, dict[str, float]]:
-    """Split ``{"tokens": 9, "verify:samples": 2}`` into ``{default: {"tokens": 9}, "verify":
-    {"samples": 2}}``: checks a generator ran itself are charged to their own stage."""
-    split: dict[str, dict[str, float]] = {default: {}}
-    for name, amount in usage.items():
-        stage, _, quantity = name.rpartition(STAGE_SEPARATOR)
-        split.setdefault(stage or default, {})[quantity] = amount
-    return split

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from synthloop.budget import CostModel, Ledger, Planner, UnitCosts, check_priced
+from synthloop.budget import CostModel, Ledger, Planner, UnitCosts, by_stage, check_priced
 from synthloop.events import Event, Finished, IterationDone, Started
 from synthloop.iteration import Iteration, rng_for
 from synthloop.policies import UniformPrompts
@@ -139,12 +139,9 @@ def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, f
     Training usage depends on the rows trained on, so its quantities are checked at each charge.
     """
     stages = parts.stages
-    declared: dict[str, dict[str, float]] = {stages.generate: {}}
-    for name, amount in parts.generator.max_usage_per_draw().items():
-        stage, _, quantity = name.rpartition(":")
-        declared.setdefault(stage or stages.generate, {})[quantity] = amount
-    declared[stages.verify] = dict(parts.verify_usage_per_candidate)
-    declared[stages.score] = dict(parts.prompt_policy.usage_per_prompt())
+    declared = by_stage(parts.generator.max_usage_per_draw(), stages.generate)
+    declared.setdefault(stages.verify, {}).update(parts.verify_usage_per_candidate)
+    declared.setdefault(stages.score, {}).update(parts.prompt_policy.usage_per_prompt())
     declared[stages.train] = dict(costs.prices.get(stages.train, {}))
     return declared
 
