@@ -49,7 +49,7 @@ from synthloop.select import (  # noqa: F401
     WithoutReplacementSelector,
     make_selector,
 )
-from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Strict
+from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Iterations, Seed, Strict
 from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
 from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
 
@@ -67,7 +67,6 @@ QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forwar
 # Sanity bounds: past these a run cannot finish (or its plan cannot even be computed).
 MAX_DRAWS = 10**9  # expected draws in one iteration (n_t / acceptance rate)
 MAX_OVERSAMPLE = 10_000
-MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1_000
 MAX_CHUNK = 1 << 20
 
@@ -83,7 +82,6 @@ class Section(BaseModel):
 
 
 Name = Annotated[str, AfterValidator(check_name)]
-Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
 
 
 # -- budget, loop, eval, compare ---------------------------------------------------------------
@@ -156,7 +154,7 @@ class CompareConfig(Strict):
 
 class RunConfig(Strict):
     name: Name
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    seed: Seed = 0
     task: Section
     model: Section | None = None
     generator: Section | None = None

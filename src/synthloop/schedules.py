@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Strict
+from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Iterations, Strict
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,6 @@ def gaussian_optimal(n0: float, sigma: float, kappa: float) -> Schedule:
 # -- config: each kind's YAML model, beside its schedule ---------------------------------------
 
 N0 = Annotated[float, Field(gt=0, le=MAX_SELECTED)] | Literal["auto"]
-Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
 Make = Callable[[float], Schedule]
 
 

@@ -12,13 +12,19 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synthloop.yamlio import shown
 
 # Sanity bounds shared by every section: past these a run cannot finish.
 MAX_ITERATIONS = 10_000
 MAX_SELECTED = 10**9  # n_t, selected samples in one iteration
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 10**7  # counts and sizes in a family's config: past ten million nothing finishes
+
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
 
 
 class Strict(BaseModel):

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from synthloop.configs import (
-    MAX_SEED,
     ConfigError,
     RunConfig,
     Strict,
@@ -35,14 +34,13 @@ from synthloop.configs import (
     validate_section,
 )
 from synthloop.models.unet_flops import TRAIN_FLOPS_FACTOR, unet_forward_flops
+from synthloop.strict import Count, Seed
 
 if TYPE_CHECKING:
     from synthloop.loop import Components
     from synthloop.models.diffusion import PretrainSpec, UNetSpec
     from synthloop.tasks.digits import DigitsData, Images
 
-PositiveInt = Annotated[int, Field(ge=1, le=10**7)]  # counts and sizes; past ten million nothing finishes
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class DigitsTaskConfig(Strict):
@@ -51,9 +49,9 @@ class DigitsTaskConfig(Strict):
     path: Path | None = None  # MNIST IDX (optionally .gz) or .npz file; required for mnist
     image_size: Annotated[int, Field(ge=1, le=1024)] | None = None  # pad to this size (default: the images' own, or the model's)
     channels: Annotated[int, Field(ge=1, le=4)] | None = None  # repeat gray to this many channels (default: the model's)
-    n_heldout: PositiveInt = 297
-    n_eval: PositiveInt = 128  # held-out images denoised at each evaluation
-    limit: PositiveInt | None = None  # use only the first `limit` images of the source
+    n_heldout: Count = 297
+    n_eval: Count = 128  # held-out images denoised at each evaluation
+    limit: Count | None = None  # use only the first `limit` images of the source
     noise_step: Annotated[int, Field(ge=1, le=1000)] = 10  # s: observation at the last s forward steps
     psnr_range: tuple[float, float] = (40.0, 45.0)  # [lo, hi] mapping PSNR to acceptance probability
     split_seed: Seed = 0
@@ -82,14 +80,14 @@ class PretrainModelConfig(Strict):
     # what the DDPM is pretrained on: the task's training images, or patches of natural photographs
     # (a generic denoiser that has never seen the task's images, like the paper's CIFAR-10 model)
     data: Literal["task", "natural-patches"] = "task"
-    patches: PositiveInt = 30000  # natural-patches: how many
-    patch_downsample: PositiveInt = 4  # natural-patches: shrink the photographs by this factor first
-    block_out_channels: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=4)] = (32, 64)
-    layers_per_block: PositiveInt = 1
-    norm_num_groups: PositiveInt = 8
-    steps: PositiveInt = 400
+    patches: Count = 30000  # natural-patches: how many
+    patch_downsample: Count = 4  # natural-patches: shrink the photographs by this factor first
+    block_out_channels: Annotated[tuple[Count, ...], Field(min_length=1, max_length=4)] = (32, 64)
+    layers_per_block: Count = 1
+    norm_num_groups: Count = 8
+    steps: Count = 400
     max_timestep: Annotated[int, Field(ge=1, le=1000)] = 1000  # pretrain on t < max_timestep
-    batch_size: PositiveInt = 64
+    batch_size: Count = 64
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     seed: Seed = 0
     cache_dir: Path | None = None  # default: $SYNTHLOOP_CACHE or ~/.cache/synthloop
@@ -112,13 +110,13 @@ class PretrainedModelConfig(Strict):
 
 class GeneratorConfig(Strict):
     kind: Literal["denoise"] = "denoise"
-    batch_size: PositiveInt = 256  # images per batched reverse pass (memory, not semantics)
+    batch_size: Count = 256  # images per batched reverse pass (memory, not semantics)
     sampler: Literal["ddpm", "ddim"] = "ddpm"  # ancestral DDPM (the paper's) or deterministic DDIM
 
 
 class LearnerConfig(Strict):
     kind: Literal["noise_prediction"] = "noise_prediction"
-    batch_size: PositiveInt = 32  # B: one optimizer step per B kept images
+    batch_size: Count = 32  # B: one optimizer step per B kept images
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5e-5
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from synthloop.configs import (
-    MAX_SEED,
     ConfigError,
     RunConfig,
     Strict,
@@ -27,6 +26,7 @@ from synthloop.configs import (
     validate_kind,
     validate_section,
 )
+from synthloop.strict import Count, Seed
 from synthloop.tasks.math import (
     Level,
     build_pools,
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from synthloop.models.hf import HFModel
     from synthloop.tasks.math import MathTask
 
-Positive = Annotated[int, Field(ge=1, le=10**7)]  # counts and sizes; past ten million nothing finishes
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Steps = Annotated[int, Field(ge=0, le=10**7)]
 
 
@@ -56,8 +54,8 @@ class LevelConfig(Strict):
 class MathTaskConfig(Strict):
     kind: Literal["math"]
     levels: Annotated[list[LevelConfig], Field(min_length=1, max_length=100)]
-    train_size: Positive = 1000  # training pool per level
-    eval_size: Positive = 100  # held-out problems per level (greedy decoding)
+    train_size: Count = 1000  # training pool per level
+    eval_size: Count = 100  # held-out problems per level (greedy decoding)
     shots: Annotated[int, Field(ge=0, le=16)] = 3
     style: Literal["few_shot", "chat"] = "few_shot"  # chat: bare questions in the model's chat template
     data_seed: Seed = 0  # fixes pools and held-out sets across runs and schedules
@@ -70,14 +68,14 @@ class ScratchModelConfig(Strict):
     """A tiny GPT-2 trained from scratch on labelled seed problems of the task's levels."""
 
     kind: Literal["scratch"]
-    n_layer: Positive = 2
-    n_embd: Positive = 64
-    n_head: Positive = 4
-    n_positions: Positive = 256
+    n_layer: Count = 2
+    n_embd: Count = 64
+    n_head: Count = 4
+    n_positions: Count = 256
     vocab_size: Annotated[int, Field(ge=64, le=1 << 20)] = 256
-    seed_problems: Positive = 2000  # labelled problems per level (disjoint from the training pool)
+    seed_problems: Count = 2000  # labelled problems per level (disjoint from the training pool)
     pretrain_steps: Steps = 300
-    pretrain_batch_size: Positive = 32
+    pretrain_batch_size: Count = 32
     pretrain_lr: Annotated[float, Field(gt=0)] = 3e-3
     pretrain_bf16: bool = True  # bf16 autocast pays off from about 64-wide layers; tiny ones run faster in fp32
     seed: Seed = 0
@@ -108,18 +106,18 @@ MODELS: dict[str, type[ModelConfig]] = {
 
 class GeneratorConfig(Strict):
     kind: Literal["hf"] = "hf"
-    max_new_tokens: Positive = 64
+    max_new_tokens: Count = 64
     temperature: Annotated[float, Field(ge=0)] = 0.7
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    batch_size: Positive = 16
-    eval_batch_size: Positive = 32
-    max_prompt_tokens: Positive = 1024
+    batch_size: Count = 16
+    eval_batch_size: Count = 32
+    max_prompt_tokens: Count = 1024
     bf16: bool = True
     stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
 
 
 class LoraConfig(Strict):
-    rank: Positive = 8
+    rank: Count = 8
     alpha: Annotated[int, Field(gt=0)] = 16
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: list[str] | None = None
@@ -129,10 +127,10 @@ class LearnerConfig(Strict):
     kind: Literal["sft"] = "sft"
     lr: Annotated[float, Field(gt=0)] = 1e-5
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    batch_size: Positive = 8
-    grad_accum: Positive = 1
-    epochs: Positive = 1
-    max_length: Positive = 512
+    batch_size: Count = 8
+    grad_accum: Count = 1
+    epochs: Count = 1
+    max_length: Count = 512
     warmup_steps: Steps = 0
     bf16: bool = True
     reset: Literal["continue", "restart"] = "continue"  # Spend Wisely continues; STaR restarts
