@@ -17,7 +17,6 @@ Each kind owns its config model beside its code (``*Config``); ``make_prompt_pol
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -121,7 +120,6 @@ class WeightedPrompts:
 
     def save(self, directory: Path) -> None:
         np.save(directory / WEIGHTS, self.weights_, allow_pickle=False)
-        (directory / "policy.json").write_text(json.dumps({"kind": "weighted", "pool_size": self.pool_size}))
 
     def load(self, directory: Path) -> None:
         weights = np.load(directory / WEIGHTS, allow_pickle=False)

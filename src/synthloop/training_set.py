@@ -71,10 +71,9 @@ class Accumulate:
 
     def build(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> TrainingSet:
         carried = 0 if self.pool_ is None else len(self.pool_[0])
-        if self.pool_ is not None and len(selected) > 0:
-            self.pool_ = (Candidates.concat([self.pool_[0], selected]), Prompts.concat([self.pool_[1], prompts]))
-        elif self.pool_ is None and len(selected) > 0:
-            self.pool_ = (selected, prompts)
+        if len(selected) > 0:
+            self.pool_ = (selected, prompts) if self.pool_ is None else (
+                Candidates.concat([self.pool_[0], selected]), Prompts.concat([self.pool_[1], prompts]))
         if self.pool_ is None:
             return TrainingSet(selected, prompts, n_selected=0, n_carried=0, n_outside=0)
         return TrainingSet(*self.pool_, n_selected=len(selected), n_carried=carried, n_outside=0)
