@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, by_stage, check_priced, plan
-from synthloop.loop import LoopSettings
+from synthloop.loop import LoopSettings, streaming
 from synthloop.names import check_name
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.schedules import (  # noqa: F401  (re-exported: the config edge names every kind)
@@ -170,15 +170,13 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _mode_fits_selector(self) -> RunConfig:
-        if self.loop.mode == "accept" and not make_selector(self.selector).streaming:
-            raise ValueError(f"loop.mode: 'accept' needs a streaming selector, and {self.selector.kind!r} must "
-                             "see all N_t candidates at once (use mode 'select', or leave mode unset)")
+        self.streams  # noqa: B018  (raises ValueError where the mode and the selector's kind disagree)
         return self
 
     @property
     def streams(self) -> bool:
         """Whether iterations stream (Algorithm 1) or draw N_t = oversample * n_t first."""
-        return self.loop.mode != "select" and make_selector(self.selector).streaming
+        return streaming(self.loop.mode, make_selector(self.selector))
 
 
 # -- families ----------------------------------------------------------------------------------

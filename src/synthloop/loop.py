@@ -86,12 +86,12 @@ class Components:
         return states
 
 
-def streaming(settings: LoopSettings, selector: Selector) -> bool:
+def streaming(mode: str | None, selector: Selector) -> bool:
     """Whether iterations stream; a batch selector cannot, and saying so is an error."""
-    if settings.mode == "accept" and not selector.streaming:
+    if mode == "accept" and not selector.streaming:
         raise ValueError(f"loop.mode: 'accept' needs a streaming selector; {type(selector).__name__} "
                          "must see all N_t candidates (use mode 'select', or leave mode unset)")
-    return settings.mode != "select" and selector.streaming
+    return mode != "select" and selector.streaming
 
 
 def run(
@@ -102,7 +102,7 @@ def run(
 
     If ``store`` holds committed progress, the run continues from its last committed state.
     """
-    stream = streaming(settings, parts.selector)
+    stream = streaming(settings.mode, parts.selector)
     check_priced(costs.prices, declared_usage(parts, costs))
     ledger = Ledger(total=planner.budget, costs=costs)
     emit = report or (lambda event: None)
