@@ -1,0 +1,146 @@
+"""Starting a command as a throwaway uid, reading its output with a cap, and killing what it left.
+
+Why each piece:
+
+* The uid drop (``setgroups([])``, ``setgid``, ``setuid``, done by ``subprocess`` before exec) comes
+  first and the limits second (``prlimit`` runs as that uid and execs the command): the kernel does
+  not enforce RLIMIT_NPROC for uid 0, so limits set as root do not stop a fork bomb.
+* Each run gets a uid of its own (:class:`UidPool`), so RLIMIT_NPROC, counted per uid, is per run,
+  and one sweep (``kill -9 -1`` as that uid) removes anything of the run still alive afterwards.
+* Output is read as it comes with a byte cap; ``communicate()`` would buffer a flood whole.
+* The process group is killed with SIGKILL while its leader is still a zombie (``waitid`` with
+  ``WNOWAIT``), so the group id cannot have been reused by an unrelated process.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from synthloop.sandbox.bwrap import MINIMAL_ENV
+
+UID_BASE = 1_000_000_000  # far above any real account; uids up to 2**32 - 2 are valid
+UIDS_PER_PROCESS = 1024
+KILL = "/usr/bin/kill"
+
+
+class UidPool:
+    """Unprivileged uids for concurrent runs: ``UID_BASE + (pid mod 65536) * 1024 + slot``.
+
+    The pid term keeps two synthloop processes on one machine apart (two test sessions at once).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: set[int] = set()
+
+    def acquire(self) -> int:
+        with self._lock:
+            slot = next(s for s in range(UIDS_PER_PROCESS + 1) if s not in self._busy)
+            if slot == UIDS_PER_PROCESS:
+                raise RuntimeError(f"more than {UIDS_PER_PROCESS} sandboxed runs at once")
+            self._busy.add(slot)
+        return UID_BASE + (os.getpid() % 65536) * UIDS_PER_PROCESS + slot
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._busy.discard((uid - UID_BASE) % UIDS_PER_PROCESS)
+
+
+#: One pool per process: uids are a machine-wide resource, not a property of one Sandbox object.
+UIDS = UidPool()
+
+
+@dataclass(frozen=True)
+class Captured:
+    returncode: int | None  # None: killed by us (timeout or overflow) before it exited
+    stdout: bytes  # the tail of each stream
+    stderr: bytes
+    output_bytes: int  # stdout and stderr together, all of it, tail or not
+    seconds: float
+    timed_out: bool
+    overflowed: bool
+
+
+def start(argv: Sequence[str], *, uid: int | None, pass_fds: Sequence[int], cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """``argv`` in a new process group, as ``uid`` (and gid ``uid``, no groups) when given."""
+    drop = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(MINIMAL_ENV), cwd=cwd, pass_fds=tuple(pass_fds),
+                            process_group=0, **drop)  # type: ignore[call-overload]
+
+
+def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: int,
+            tail_bytes: int = 1 << 16) -> Captured:
+    """Read both pipes until EOF, the deadline or the byte cap; then make sure the group is dead."""
+    begin = time.monotonic()
+    deadline = begin + timeout_s
+    assert proc.stdout is not None and proc.stderr is not None
+    tails = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    total, timed_out, overflowed = 0, False, False
+    with selectors.DefaultSelector() as selector:
+        for fd in tails:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map() and not overflowed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                total += len(chunk)
+                tail = tails[key.fd]
+                tail += chunk
+                del tail[:-tail_bytes]
+                overflowed = overflowed or total > output_bytes
+    exited = not (timed_out or overflowed) and _wait_unreaped(proc.pid, deadline)
+    timed_out = timed_out or not (exited or overflowed)
+    kill_group(proc)
+    code = proc.wait()
+    return Captured(returncode=code if exited else None, stdout=bytes(tails[proc.stdout.fileno()]),
+                    stderr=bytes(tails[proc.stderr.fileno()]), output_bytes=total,
+                    seconds=time.monotonic() - begin, timed_out=timed_out, overflowed=overflowed)
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait until ``pid`` has exited, leaving it a zombie; False if the deadline came first."""
+    pause = 0.0005
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(2 * pause, 0.02)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the group leader changed uid; kill the leader at least
+        proc.kill()
+
+
+def sweep(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (a setsid daemon leaves the process group).
+
+    ``kill -9 -1`` run as ``uid`` signals exactly the processes that uid owns; never call this for
+    uid 0, which would be every process on the machine.
+    """
+    if uid == 0:
+        raise ValueError("refusing to sweep uid 0")
+    subprocess.run([KILL, "-9", "-1"], user=uid, group=uid, extra_groups=[], env=dict(MINIMAL_ENV),
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False, timeout=10)
