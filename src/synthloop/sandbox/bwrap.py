@@ -58,19 +58,26 @@ def system_binds() -> list[str]:
     return args
 
 
-def bwrap_command(bwrap: str, *, limits: Limits, program_fd: int, status_fd: int, argv: list[str]) -> list[str]:
+def bwrap_command(bwrap: str, *, limits: Limits, program_fd: int, status_fd: int, seccomp_fd: int | None,
+                  argv: list[str]) -> list[str]:
     """The full argv: bwrap's options, then ``argv`` (the interpreter and ``PROGRAM``).
 
+    ``--as-pid-1`` makes the program the pid namespace's init: bwrap then reaps it itself (with
+    bwrap's own init in between, bwrap exits before reaping that init, which leaves a zombie for the
+    host's pid 1), and every other process inside dies with it.
     ``--disable-userns`` stops nested user namespaces (a kernel attack surface); ``--new-session``
     stops terminal injection (TIOCSTI); ``--die-with-parent`` and the pid namespace make killing
     bwrap kill every process inside. ``--json-status-fd`` says whether the child really started:
     without its ``child-pid`` line the sandbox failed, and the run is an error, not a failure.
+    ``seccomp_fd`` holds the filter of :mod:`synthloop.sandbox.seccomp`, installed just before exec.
     """
-    args = [bwrap, *NAMESPACES, "--disable-userns", "--die-with-parent", "--new-session",
+    args = [bwrap, *NAMESPACES, "--disable-userns", "--as-pid-1", "--die-with-parent", "--new-session",
             "--hostname", "sandbox", *system_binds(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.work_mb * MIB), "--tmpfs", WORK, "--symlink", WORK, "/tmp",
             "--ro-bind-data", str(program_fd), PROGRAM, "--remount-ro", "/", "--chdir", WORK,
             "--clearenv"]
     for name, value in INSIDE_ENV.items():
         args += ["--setenv", name, value]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     return [*args, "--json-status-fd", str(status_fd), "--", *argv]

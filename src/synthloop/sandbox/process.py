@@ -15,6 +15,7 @@ Why each piece:
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from synthloop.sandbox.bwrap import MINIMAL_ENV
 
@@ -66,6 +68,7 @@ class Captured:
     seconds: float
     timed_out: bool
     overflowed: bool
+    status: bytes = b""  # bwrap's JSON status lines, when there were any
 
 
 def start(argv: Sequence[str], *, uid: int | None, pass_fds: Sequence[int], cwd: str | None = None) -> subprocess.Popen[bytes]:
@@ -76,19 +79,24 @@ def start(argv: Sequence[str], *, uid: int | None, pass_fds: Sequence[int], cwd:
                             process_group=0, **drop)  # type: ignore[call-overload]
 
 
-def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: int,
+def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: int, status_fd: int | None = None,
             tail_bytes: int = 1 << 16) -> Captured:
-    """Read both pipes until EOF, the deadline or the byte cap; then make sure the group is dead."""
+    """Read both pipes until EOF, the deadline or the byte cap; then make sure the group is dead.
+
+    ``status_fd`` is bwrap's ``--json-status-fd``: read as it comes, so that a run to be killed is
+    killed at the namespace's init first (see :func:`stop`).
+    """
     begin = time.monotonic()
     deadline = begin + timeout_s
     assert proc.stdout is not None and proc.stderr is not None
     tails = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    status = bytearray()
     total, timed_out, overflowed = 0, False, False
     with selectors.DefaultSelector() as selector:
-        for fd in tails:
+        for fd in [*tails, *([] if status_fd is None else [status_fd])]:
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map() and not overflowed:
+        while any(fd in selector.get_map() for fd in tails) and not overflowed:
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
@@ -97,19 +105,58 @@ def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: in
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
-                    continue
-                total += len(chunk)
-                tail = tails[key.fd]
-                tail += chunk
-                del tail[:-tail_bytes]
-                overflowed = overflowed or total > output_bytes
+                elif key.fd == status_fd:
+                    status += chunk
+                else:
+                    total += len(chunk)
+                    tails[key.fd] += chunk
+                    del tails[key.fd][:-tail_bytes]
+                    overflowed = overflowed or total > output_bytes
     exited = not (timed_out or overflowed) and _wait_unreaped(proc.pid, deadline)
     timed_out = timed_out or not (exited or overflowed)
+    if not exited:
+        stop(proc, inner_pid(bytes(status)))
     kill_group(proc)
     code = proc.wait()
     return Captured(returncode=code if exited else None, stdout=bytes(tails[proc.stdout.fileno()]),
                     stderr=bytes(tails[proc.stderr.fileno()]), output_bytes=total,
-                    seconds=time.monotonic() - begin, timed_out=timed_out, overflowed=overflowed)
+                    seconds=time.monotonic() - begin, timed_out=timed_out, overflowed=overflowed,
+                    status=bytes(status))
+
+
+def inner_pid(status: bytes) -> int | None:
+    """The host pid of bwrap's child (the pid namespace's init), from its first status line."""
+    match = re.search(rb'"child-pid":\s*(\d+)', status)
+    return int(match.group(1)) if match else None
+
+
+def stop(proc: subprocess.Popen[bytes], inner: int | None, *, grace_s: float = 2.0) -> None:
+    """Kill the namespace's init first (which takes every process inside with it) and let bwrap reap
+    it: killing bwrap first would orphan the init to the host's pid 1, which in a container may never
+    reap it. The pidfd, opened only while that pid is still bwrap's child, cannot hit a reused pid."""
+    if inner is not None:
+        try:
+            pidfd = os.pidfd_open(inner)
+        except OSError:
+            pidfd = -1
+        try:
+            if pidfd >= 0 and _parent_of(inner) == proc.pid:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                _wait_unreaped(proc.pid, time.monotonic() + grace_s)
+        except OSError:
+            pass
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def _wait_unreaped(pid: int, deadline: float) -> bool:

@@ -17,13 +17,14 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from synthloop.sandbox.bwrap import PROGRAM, BwrapNotFoundError, bwrap_command, find_bwrap
 from synthloop.sandbox.limits import Limits
 from synthloop.sandbox.process import UIDS, Captured, capture, start, sweep
+from synthloop.sandbox.seccomp import seccomp_filter
 
 Isolation = Literal["bubblewrap", "unisolated"]
 ISOLATIONS: tuple[Isolation, ...] = ("bubblewrap", "unisolated")
@@ -119,30 +120,30 @@ class Sandbox:
         if self.isolation == "unisolated":
             return self._launch_unisolated(program, uid)
         bwrap = self.bwrap or find_bwrap()
-        program_fd = os.memfd_create("program")
+        program_fd = _memfd("program", program.encode("utf-8", errors="surrogateescape"))
+        filter_bytes = seccomp_filter()
+        seccomp_fd = -1 if filter_bytes is None else _memfd("seccomp", filter_bytes)
         status_read, status_write = os.pipe()
         try:
-            os.write(program_fd, program.encode("utf-8", errors="surrogateescape"))
-            os.lseek(program_fd, 0, os.SEEK_SET)
             argv = bwrap_command(bwrap, limits=self.limits, program_fd=program_fd, status_fd=status_write,
+                                 seccomp_fd=None if seccomp_fd < 0 else seccomp_fd,
                                  argv=[self.python, "-I", "-B", PROGRAM])
-            proc = start([PRLIMIT, *self.limits.prlimit_args(), "--", *argv], uid=uid,
-                         pass_fds=(program_fd, status_write))
+            fds = (program_fd, status_write) + (() if seccomp_fd < 0 else (seccomp_fd,))
+            proc = start([PRLIMIT, *self.limits.prlimit_args(), "--", *argv], uid=uid, pass_fds=fds)
             os.close(status_write)
             status_write = -1
             with proc:
-                captured = capture(proc, timeout_s=self.limits.timeout_s, output_bytes=self.limits.output_bytes)
-            status = _read_status(status_read)
+                captured = capture(proc, timeout_s=self.limits.timeout_s, output_bytes=self.limits.output_bytes,
+                                   status_fd=status_read)
+            status = _parse_status(captured.status + _drain(status_read))
         finally:
-            for fd in (program_fd, status_read, status_write):
+            for fd in (program_fd, seccomp_fd, status_read, status_write):
                 if fd >= 0:
                     os.close(fd)
         if "child-pid" not in status and not captured.timed_out:
             return self._error("bubblewrap did not start the program: " + _tail(captured.stderr), captured)
         code = status.get("exit-code", captured.returncode)
-        return Captured(returncode=None if captured.returncode is None else code, stdout=captured.stdout,
-                        stderr=captured.stderr, output_bytes=captured.output_bytes, seconds=captured.seconds,
-                        timed_out=captured.timed_out, overflowed=captured.overflowed)
+        return replace(captured, returncode=None if captured.returncode is None else code)
 
     def _launch_unisolated(self, program: str, uid: int | None) -> Captured:
         """No namespaces: the program sees the host's files and network. Limits, uid drop, timeout,
@@ -201,8 +202,16 @@ def _status_of(captured: Captured, token: str | None, limits: Limits) -> tuple[s
     return "passed", "exit code 0" + (" and the pass token" if token is not None else "")
 
 
-def _read_status(fd: int) -> dict[str, Any]:
-    """bwrap's ``--json-status-fd`` lines merged into one dict (``child-pid``, ``exit-code``)."""
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data``, positioned at its start (nothing on disk)."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _drain(fd: int) -> bytes:
+    """What is left in a pipe whose writers are gone (or would block)."""
     os.set_blocking(fd, False)
     data = b""
     try:
@@ -210,6 +219,11 @@ def _read_status(fd: int) -> dict[str, Any]:
             data += chunk
     except BlockingIOError:
         pass
+    return data
+
+
+def _parse_status(data: bytes) -> dict[str, Any]:
+    """bwrap's ``--json-status-fd`` lines merged into one dict (``child-pid``, ``exit-code``)."""
     merged: dict[str, Any] = {}
     for line in data.decode("utf-8", "replace").splitlines():
         try:
