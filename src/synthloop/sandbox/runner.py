@@ -88,7 +88,8 @@ class Sandbox:
         try:
             captured = self._launch(program, uid)
         except (OSError, subprocess.SubprocessError, BwrapNotFoundError) as error:
-            return self._error(f"the sandbox could not start: {type(error).__name__}: {error}")
+            return self._error(f"the sandbox could not start: {type(error).__name__}: {error} (without "
+                               f"bubblewrap, isolation 'unisolated' / --unisolated runs it with no isolation)")
         finally:
             if uid is not None:
                 sweep(uid)
@@ -141,7 +142,9 @@ class Sandbox:
                 if fd >= 0:
                     os.close(fd)
         if "child-pid" not in status and not captured.timed_out:
-            return self._error("bubblewrap did not start the program: " + _tail(captured.stderr), captured)
+            return self._error("bubblewrap did not start the program (no user namespaces here? then run "
+                               "with isolation 'unisolated' / --unisolated, knowing it isolates nothing): "
+                               + _tail(captured.stderr)[-300:], captured)
         code = status.get("exit-code", captured.returncode)
         return replace(captured, returncode=None if captured.returncode is None else code)
 
