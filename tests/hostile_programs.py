@@ -45,8 +45,9 @@ def hostile_programs(*, marker: str, port: int, repo: str, secret: str, host_pid
         Hostile("sleep", "import time\ntime.sleep(120)\n", TIMEOUT),
         Hostile("sigterm_ignorer", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                 "signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.01)\n", TIMEOUT),
-        Hostile("memory_bomb", "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))\n",
+        Hostile("memory_bomb", "blocks = []\nwhile True:\n    blocks.append(bytearray(32 * 2**20))\n",
                 frozenset({"memory"})),
+        Hostile("memory_bomb_at_once", "blocks = [0] * 10**10\n", frozenset({"memory"})),
         Hostile("fork_bomb", FORK_BOMB.format(marker=marker), TIMEOUT),
         Hostile("thread_bomb", THREAD_BOMB, frozenset({"failed", "memory"}), stdout_must="threads:"),
         *writes,

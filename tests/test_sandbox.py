@@ -118,6 +118,24 @@ def test_unisolated_runs_are_labelled_in_every_result() -> None:
     assert all(r.isolation == "unisolated" and r.detail.startswith("[unisolated]") for r in results)
 
 
+@needs_sandbox
+def test_without_namespaces_a_daemon_is_swept_by_its_uid() -> None:
+    marker = f"synthloop-daemon-{new_token()}"
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              f"        os.execv('/bin/sh', ['/bin/sh', '-c', 'sleep 30; : {marker}'])\n    os._exit(0)\n"
+              "time.sleep(0.3)\n")
+    assert Sandbox(limits=FAST, isolation="unisolated").run(daemon).status == "passed"
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and marker.encode() in _cmdline(p)]
+    assert alive == []
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_an_unknown_isolation_is_refused() -> None:
     with pytest.raises(ValueError, match="isolation"):
         Sandbox(isolation="none")  # type: ignore[arg-type]

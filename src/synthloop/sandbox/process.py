@@ -6,7 +6,8 @@ Why each piece:
   first and the limits second (``prlimit`` runs as that uid and execs the command): the kernel does
   not enforce RLIMIT_NPROC for uid 0, so limits set as root do not stop a fork bomb.
 * Each run gets a uid of its own (:class:`UidPool`), so RLIMIT_NPROC, counted per uid, is per run,
-  and one sweep (``kill -9 -1`` as that uid) removes anything of the run still alive afterwards.
+  and, without namespaces, one sweep (``kill -9 -1`` as that uid) removes anything of the run still
+  alive afterwards (in bubblewrap the pid namespace does that).
 * Output is read as it comes with a byte cap; ``communicate()`` would buffer a flood whole.
 * The process group is killed with SIGKILL while its leader is still a zombie (``waitid`` with
   ``WNOWAIT``), so the group id cannot have been reused by an unrelated process.
@@ -83,6 +84,9 @@ def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: in
             tail_bytes: int = 1 << 16) -> Captured:
     """Read both pipes until EOF, the deadline or the byte cap; then make sure the group is dead.
 
+    Reading also stops once the process has exited and the pipes stay quiet for 0.1 s: without
+    namespaces a daemon it left behind may hold them open (the sweep then kills it).
+
     ``status_fd`` is bwrap's ``--json-status-fd``: read as it comes, so that a run to be killed is
     killed at the namespace's init first (see :func:`stop`).
     """
@@ -101,7 +105,10 @@ def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: in
             if left <= 0:
                 timed_out = True
                 break
-            for key, _ in selector.select(left):
+            events = selector.select(min(left, 0.1))
+            if not events and _exited(proc.pid):  # a lingering child holds the pipes: stop reading
+                break
+            for key, _ in events:
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -159,11 +166,15 @@ def _parent_of(pid: int) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _exited(pid: int) -> bool:
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def _wait_unreaped(pid: int, deadline: float) -> bool:
     """Wait until ``pid`` has exited, leaving it a zombie; False if the deadline came first."""
     pause = 0.0005
     while True:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        if _exited(pid):
             return True
         if time.monotonic() >= deadline:
             return False

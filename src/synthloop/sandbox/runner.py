@@ -92,7 +92,11 @@ class Sandbox:
                                f"bubblewrap, isolation 'unisolated' / --unisolated runs it with no isolation)")
         finally:
             if uid is not None:
-                sweep(uid)
+                # In bubblewrap every process of the run lives in its pid namespace, which the kernel
+                # empties when the program (its init) dies; without namespaces a setsid daemon
+                # escapes the process group, and only a sweep of the run's uid finds it.
+                if self.isolation == "unisolated":
+                    sweep(uid)
                 UIDS.release(uid)
         if isinstance(captured, RunResult):
             return captured
