@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.hostile_programs import Hostile, hostile_programs
 
+from hostile_programs import Hostile, hostile_programs
 from synthloop.sandbox import Limits, RunResult, Sandbox, new_token
 from synthloop.sandbox.process import UID_BASE, UIDS_PER_PROCESS
 from synthloop.sandbox.runner import SIGXCPU_EXIT

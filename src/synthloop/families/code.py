@@ -14,6 +14,7 @@ stop strings default to the Codex paper's, so a completion is one function body.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -136,7 +137,7 @@ def make_task(settings: CodeSettings, *, evaluator: Any) -> HumanEvalTask:
 
     t = settings.task
     sandbox = Sandbox(limits=Limits(timeout_s=t.timeout, memory_mb=t.memory_mb), isolation=t.isolation,
-                      **({} if t.workers is None else {"workers": t.workers}))
+                      workers=t.workers or os.cpu_count() or 1)
     return HumanEvalTask(evaluator=evaluator, held_out_size=t.held_out_size, split_seed=t.split_seed,
                          verifier=CodeVerifier(sandbox=sandbox), samples_per_problem=t.samples_per_problem,
                          ks=tuple(t.ks))
