@@ -49,6 +49,7 @@ def hostile_programs(*, marker: str, port: int, repo: str, secret: str, host_pid
                 frozenset({"memory"})),
         Hostile("memory_bomb_at_once", "blocks = [0] * 10**10\n", frozenset({"memory"})),
         Hostile("fork_bomb", FORK_BOMB.format(marker=marker), TIMEOUT),
+        Hostile("fork_count", FORK_COUNT, PASSED, stdout_must="forks stopped at"),
         Hostile("thread_bomb", THREAD_BOMB, frozenset({"failed", "memory"}), stdout_must="threads:"),
         *writes,
         Hostile("read_shadow", "print(open('/etc/shadow').read())\n", FAILED, hidden=("root:",)),
@@ -95,6 +96,19 @@ for pid in ({host_pid}, -1):  # the host process that started us, then everythin
         print('killed', pid)
     except OSError as e:
         print('refused', pid, e.errno)
+"""
+
+FORK_COUNT = """\
+import os, time
+children = 0
+try:
+    while children < 10_000:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        children += 1
+except OSError as e:
+    print('forks stopped at', children, e.errno, flush=True)
 """
 
 THREAD_BOMB = """\

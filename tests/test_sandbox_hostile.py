@@ -128,3 +128,9 @@ def test_early_exits_are_failures_not_passes(outcomes: dict[str, tuple[Hostile, 
 
 def test_a_segfault_is_a_signal_death(outcomes: dict[str, tuple[Hostile, RunResult]]) -> None:
     assert outcomes["segfault"][1].exit_code == 128 + 11
+
+
+def test_the_process_limit_binds(outcomes: dict[str, tuple[Hostile, RunResult]]) -> None:
+    """RLIMIT_NPROC counts the run's uid: about 32 processes, not the thousands a root launcher allows."""
+    line = next(x for x in outcomes["fork_count"][1].stdout_tail.splitlines() if x.startswith("forks stopped"))
+    assert 20 <= int(line.split()[3]) < 32, line
