@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
 from synthloop.families.math import (
@@ -67,16 +67,26 @@ class DataTaskConfig(Strict):
     pass_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5  # a callable's number passes from here up
     check_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0  # seconds per check (math-verify, callables)
 
-    @model_validator(mode="after")
-    def _check(self) -> DataTaskConfig:
-        if self.held_out >= 1 and self.held_out != int(self.held_out):
-            raise ValueError(f"held_out: a count must be whole, got {self.held_out}")
-        if "{prompt}" not in self.template:
-            raise ValueError("template: must contain {prompt}, where each row's prompt goes")
-        if self.verifier not in BUILT_IN_VERIFIERS and ":" not in self.verifier:
-            raise ValueError(f"verifier: {self.verifier!r} is neither one of {', '.join(BUILT_IN_VERIFIERS)} "
-                             f"nor module:function")
-        return self
+    @field_validator("held_out")
+    @classmethod
+    def _whole_count(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"a count must be whole (or a fraction below 1), got {value}")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("must contain {prompt}, where each row's prompt goes")
+        return value
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, value: str) -> str:
+        if value not in BUILT_IN_VERIFIERS and ":" not in value:
+            raise ValueError(f"{value!r} is neither one of {', '.join(BUILT_IN_VERIFIERS)} nor module:function")
+        return value
 
 
 class DataScratchConfig(Placement):
