@@ -21,7 +21,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from crashsafe_support import cli_env  # noqa: E402
-
 from synthloop.configs import ConfigError, parse_config  # noqa: E402
 from synthloop.models.devices import DeviceError, resolve_device, resolve_dtype  # noqa: E402
 from synthloop.testing import check_generator  # noqa: E402
@@ -87,14 +86,14 @@ def test_a_device_that_is_not_here_is_a_one_line_error(tmp_path: Path, family: s
                             "budget": {"total": 1e6, "unit": "forward_passes", "costs": {"train": 1.0}}})
     with pytest.raises(ConfigError, match=r"^model\.device: cuda is not available here .*use device: cpu or auto$"):
         build_components(cfg)
-    with pytest.raises(DeviceError, match="^device: unknown device 'tpu'"):
+    with pytest.raises(DeviceError, match=r"^device: unknown device 'tpu'"):
         resolve_device("tpu")
 
 
 def test_float16_on_the_cpu_is_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^model: dtype: float16 on the CPU is about a hundred times slower"):
         parse_config(data_config(tmp_path, device="cpu", dtype="float16"))
-    with pytest.raises(DeviceError, match="^dtype: float16 on the CPU"):
+    with pytest.raises(DeviceError, match=r"^dtype: float16 on the CPU"):
         resolve_dtype("float16", torch.device("cpu"))
 
 
@@ -181,3 +180,51 @@ def test_a_transformers_warning_goes_to_the_run_log_not_to_the_output(tmp_path: 
     assert "transformer.h.0.ln_1.bias" in log and "MISSING" in log
     assert "ln_1.bias" not in out.stdout + out.stderr and "MISSING" not in out.stdout + out.stderr
     assert "[synthloop] plan:" in out.stderr  # synthloop's own lines are still there
+
+
+def test_a_step_prints_periodic_lines_and_one_that_never_advances_says_it_is_alive() -> None:
+    import io
+    import time
+
+    from synthloop.longstep import LongStep
+
+    stream = io.StringIO()
+    with LongStep("counting", total=4, interval=0.05, stream=stream) as step:
+        for _ in range(4):
+            time.sleep(0.06)
+            step.advance()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[synthloop] counting (4 steps) ..." and lines[-1].startswith("[synthloop] counting: done in ")
+    assert any(line.startswith("[synthloop] counting: 2/4 steps (50%)") and "ETA" in line for line in lines)
+    stream = io.StringIO()
+    with LongStep("exporting", interval=0.05, stream=stream):
+        time.sleep(0.18)
+    assert "[synthloop] exporting: still working, 0:00 elapsed" in stream.getvalue().splitlines()
+    quiet = io.StringIO()
+    with LongStep("evaluating", total=3, interval=5.0, announce=False, stream=quiet) as step:
+        step.advance(3)
+    assert quiet.getvalue() == ""  # a short evaluation inside a run adds no lines
+
+
+def test_routing_holds_back_a_console_handler_a_library_adds_and_puts_everything_back(tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    from synthloop.thirdparty import routed
+
+    logger = logging.getLogger("peft")
+    before = list(logger.handlers), logger.propagate
+    log = tmp_path / "logs" / "thirdparty.log"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with routed(log):
+            assert not log.exists()  # nothing written yet: no file
+            console = logging.StreamHandler(sys.stderr)  # what a library does on its first import
+            logger.addHandler(console)
+            logger.warning("adapter weights were reset")
+            warnings.warn_explicit("a library's deprecation", FutureWarning, "/site-packages/lib/x.py", 7)
+        assert console in logger.handlers  # the library keeps its handler once the run is over
+    text = log.read_text()
+    assert "WARNING peft: adapter weights were reset" in text and "FutureWarning: a library's deprecation" in text
+    logger.removeHandler(console)
+    assert (list(logger.handlers), logger.propagate) == before

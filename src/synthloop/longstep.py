@@ -14,6 +14,7 @@ without a word a user cannot tell that work from a hang. Plug-ins wrap such step
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -28,7 +29,9 @@ class LongStep:
     at most one line per ``interval`` seconds while it runs (units done, elapsed, ETA), and one when
     it ends with its duration. With ``announce=False`` (a step that is often short, such as an
     evaluation inside a run) the first line waits for ``interval`` seconds and a step that ends before
-    prints nothing. Lines go to ``stream`` or stderr, prefixed like the loop's.
+    prints nothing; such a step never opens a bar of its own, even on a terminal, where the run's live
+    display is already up (rich shows the lines above it). Lines go to ``stream`` or stderr, prefixed
+    like the loop's.
     """
 
     def __init__(self, description: str, *, total: int | None = None, unit: str = "steps",
@@ -40,6 +43,8 @@ class LongStep:
         self.interval = interval
         self.announce = announce
         self._printed = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         self.console = console or Console(stderr=True)
         self.stream = stream
         self.done = 0
@@ -50,7 +55,7 @@ class LongStep:
 
     def __enter__(self) -> LongStep:
         self._start = self._last_line = time.monotonic()
-        if self.console.is_terminal:
+        if self.console.is_terminal and self.announce:
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), console=self.console, transient=True)
             self._progress.start()
@@ -58,7 +63,14 @@ class LongStep:
         elif self.announce:
             size = f" ({self.total} {self.unit})" if self.total else ""
             self._print(f"{self.description}{size} ...")
+        if self._progress is None and not self.total:  # nothing advances: say it is alive every interval
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+            self._heartbeat.start()
         return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._print(f"{self.description}: still working, {_duration(time.monotonic() - self._start)} elapsed")
 
     def advance(self, units: int = 1) -> None:
         self.done += units
@@ -84,6 +96,9 @@ class LongStep:
 
     def __exit__(self, kind: object, *rest: object) -> None:
         elapsed = time.monotonic() - self._start
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         if self._progress is not None:
             self._progress.stop()
         if kind is None and (self.announce or self._printed):

@@ -20,6 +20,7 @@ Standard library only: the core imports no ML framework.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -45,16 +46,16 @@ class _LazyFileHandler(logging.FileHandler):
         super().__init__(path, mode="a", encoding="utf-8", delay=True)
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
-    def _open(self) -> TextIO:
+    def _open(self) -> io.TextIOWrapper:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
 
     def write_line(self, text: str) -> None:
         with self.lock if self.lock is not None else contextlib.nullcontext():
-            if self.stream is None:
-                self.stream = self._open()
-            self.stream.write(text if text.endswith("\n") else text + "\n")
-            self.stream.flush()
+            stream = self.stream if self.stream is not None else self._open()
+            self.stream = stream
+            stream.write(text if text.endswith("\n") else text + "\n")
+            stream.flush()
 
 
 class _Diverted(list[logging.Handler]):
