@@ -157,7 +157,7 @@ def read_rows(path: Path, *, fmt: str = "auto", split: str | None = None) -> lis
         dataset = load_from_disk(str(folder))
     except (OSError, ValueError, FileNotFoundError) as error:
         raise DataError(f"{folder}: datasets cannot load it ({_first_line(error)})") from None
-    return list(dataset.to_list())  # type: ignore[union-attr]
+    return list(dataset.to_list())
 
 
 def load_examples(path: Path, *, prompt_field: str, answer_field: str, id_field: str | None = None,
@@ -326,7 +326,7 @@ def resolve_callable(spec: str, *, search: Path | None = None) -> UserCheck:
             raise DataError(f"verifier: module {module_name!r} has no {attribute!r}")
     if not callable(function):
         raise DataError(f"verifier: {spec!r} is not callable")
-    return function  # type: ignore[return-value]
+    return function
 
 
 def _import(module_name: str, search: Path | None) -> Any:
