@@ -112,7 +112,7 @@ def test_bfloat16_weights_generate_and_train_on_the_cpu(tmp_path: Path, monkeypa
     assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
 
 
-def test_bfloat16_denoiser_on_the_cpu(tmp_path: Path) -> None:
+def test_bfloat16_denoiser_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from synthloop.experiments import build_components
 
     cfg = parse_config({"name": "d", "task": {"kind": "digits-denoise", "n_heldout": 64, "n_eval": 8},
@@ -123,6 +123,9 @@ def test_bfloat16_denoiser_on_the_cpu(tmp_path: Path) -> None:
                         "schedule": {"kind": "constant", "n0": 8, "iterations": 1},
                         "budget": {"total": 1e6, "unit": "forward_passes", "costs": {"train": 1.0}}})
     parts = build_components(cfg)
+    err = capsys.readouterr().err.splitlines()  # pretraining the digits denoiser says so (not a terminal)
+    assert "[synthloop] pretraining the denoising model (once; cached) (2 steps) ..." in err
+    assert any(line.startswith("[synthloop] pretraining the denoising model (once; cached): done in") for line in err)
     assert parts.learner.model.unet.dtype == torch.bfloat16
     prompts = parts.task.sample_prompts(4, rng=np.random.default_rng(0))
     candidates = check_generator(parts.generator, parts.learner.model, prompts)

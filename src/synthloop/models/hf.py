@@ -76,7 +76,8 @@ def load_pretrained(source: str | Path, *, device: str = "cpu", dtype: str = "fl
     weights = devices.resolve_dtype(dtype, where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        network = AutoModelForCausalLM.from_pretrained(str(source), dtype=weights).to(where)
+        network: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=weights)
+        network = network.to(where)
     except OSError as error:
         raise FileNotFoundError(
             f"cannot load a causal LM from {source!r} (a hub id needs network access; a local "

@@ -69,9 +69,9 @@ def tiny_gpt2(tokenizer: object, config: TinyGPT2Config = TinyGPT2Config()) -> H
     gpt_config = GPT2Config(vocab_size=vocab, n_positions=config.n_positions, n_embd=config.n_embd,
                             n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0,
                             embd_pdrop=0.0, attn_pdrop=0.0,
-                            bos_token_id=tokenizer.eos_token_id,
-                            eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+                            bos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+                            eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+                            pad_token_id=tokenizer.pad_token_id)  # type: ignore[attr-defined]
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         network = GPT2LMHeadModel(gpt_config)
