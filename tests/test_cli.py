@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synthloop.configs import FAMILIES
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gaussian.yaml"
 
@@ -91,7 +93,7 @@ BAD: dict[str, tuple[dict[str, object], str]] = {
     "empty schedule list": ({"schedule": {"kind": "explicit", "values": []}},
                             "schedule.explicit.values: List should have at least 1 item"),
     "unknown schedule kind": ({"schedule": {"kind": "cosine", "n0": 10}}, "schedule.kind: unknown kind 'cosine'; allowed: "),
-    "unknown task kind": ({"task": {"kind": "sudoku"}}, "task.kind: unknown kind 'sudoku'; allowed: code, digits-denoise, gaussian, math"),
+    "unknown task kind": ({"task": {"kind": "sudoku"}}, "task.kind: unknown kind 'sudoku'; allowed: " + ", ".join(sorted(FAMILIES))),
     "task field": ({"task__sigma": 0}, "task.sigma: Input should be greater than 0"),
     "auto n0 without iterations": ({"schedule": {"kind": "constant", "n0": "auto"}}, "needs 'iterations'"),
     "missing section": ({"budget": DELETE}, "budget: required field is missing"),

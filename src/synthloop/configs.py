@@ -61,6 +61,7 @@ FAMILIES: dict[str, str] = {
     "digits-denoise": "synthloop.families.digits",
     "math": "synthloop.families.math",
     "code": "synthloop.families.code",
+    "data": "synthloop.families.data",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -32,6 +33,7 @@ from synthloop.names import child_path
 from synthloop.policies import PromptScorer, make_prompt_policy
 from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
+from synthloop.thirdparty import THIRDPARTY_LOG, routed
 from synthloop.training_set import LabeledSource, make_training_set
 from synthloop.yamlio import load_yaml, shown
 
@@ -102,13 +104,19 @@ def run_config(
 ) -> list[IterationRecord]:
     """Run ``config``; with ``run_dir`` set, write the run directory there (``open_store(run_dir)``)."""
     planner = make_planner(config)
-    components = components or build_components(config)
-    store = None
-    if run_dir is not None:
-        store = open_store(run_dir)
-        store.create(resolved_config_text(config), overwrite=overwrite)
-    return run(components, planner, config.budget.cost_model(), loop_settings(config),
-               seed=config.seed, store=store, report=report)
+    with _thirdparty_to(run_dir):
+        components = components or build_components(config)
+        store = None
+        if run_dir is not None:
+            store = open_store(run_dir)
+            store.create(resolved_config_text(config), overwrite=overwrite)
+        return run(components, planner, config.budget.cost_model(), loop_settings(config),
+                   seed=config.seed, store=store, report=report)
+
+
+def _thirdparty_to(run_dir: Path | None) -> contextlib.AbstractContextManager[object]:
+    """Libraries' warnings, logs and bars into ``RUN/logs/thirdparty.log`` (``synthloop.thirdparty``)."""
+    return contextlib.nullcontext() if run_dir is None else routed(Path(run_dir) / THIRDPARTY_LOG)
 
 
 def resume_run(run_dir: Path, *, report: Report | None = None,
@@ -124,8 +132,9 @@ def resume_run(run_dir: Path, *, report: Report | None = None,
     except ConfigError as error:  # the run directory is at fault, not a file the user passed
         message = str(error) if str(error).startswith(source) else f"{source}: {error}"
         raise RunDirectoryError(message) from None
-    history = run(build_components(config), make_planner(config), config.budget.cost_model(),
-                  loop_settings(config), seed=config.seed, store=store, report=report)
+    with _thirdparty_to(store.root):
+        history = run(build_components(config), make_planner(config), config.budget.cost_model(),
+                      loop_settings(config), seed=config.seed, store=store, report=report)
     return config, history
 
 

@@ -10,8 +10,10 @@ Sections (every field has a default except where noted):
                 n_eval, noise_step, psnr_range: [lo, hi], split_seed, eval_seed}
     model:     {kind: pretrain, data: task | natural-patches, patches, patch_downsample,
                 block_out_channels, layers_per_block, norm_num_groups, steps, max_timestep,
-                batch_size, lr, seed, cache_dir, device}
-            or {kind: pretrained, path: <diffusers folder or hub id>, device}
+                batch_size, lr, seed, cache_dir, device, dtype}
+            or {kind: pretrained, path: <diffusers folder or hub id>, device, dtype}
+               device: auto | cpu | cuda | mps (default cpu); dtype: float32 | bfloat16 | float16
+               (the UNet's weights; float16 not on cpu)
     generator: {kind: denoise, batch_size, sampler: ddpm | ddim}
     learner:   {kind: noise_prediction, batch_size (B), lr, ema_decay}
 """
@@ -33,6 +35,7 @@ from synthloop.configs import (
     validate_kind,
     validate_section,
 )
+from synthloop.families.placement import Placement
 from synthloop.models.unet_flops import TRAIN_FLOPS_FACTOR, unet_forward_flops
 from synthloop.strict import Count, Seed
 
@@ -75,7 +78,7 @@ class DigitsTaskConfig(Strict):
         return self
 
 
-class PretrainModelConfig(Strict):
+class PretrainModelConfig(Placement):
     kind: Literal["pretrain"]
     # what the DDPM is pretrained on: the task's training images, or patches of natural photographs
     # (a generic denoiser that has never seen the task's images, like the paper's CIFAR-10 model)
@@ -91,7 +94,6 @@ class PretrainModelConfig(Strict):
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     seed: Seed = 0
     cache_dir: Path | None = None  # default: $SYNTHLOOP_CACHE or ~/.cache/synthloop
-    device: str = "cpu"
 
     @model_validator(mode="after")
     def _groups_divide(self) -> PretrainModelConfig:
@@ -102,10 +104,9 @@ class PretrainModelConfig(Strict):
         return self
 
 
-class PretrainedModelConfig(Strict):
+class PretrainedModelConfig(Placement):
     kind: Literal["pretrained"]
     path: Annotated[str, Field(min_length=1)]  # a diffusers folder or hub id (google/ddpm-cifar10-32)
-    device: str = "cpu"
 
 
 class GeneratorConfig(Strict):
@@ -226,16 +227,17 @@ def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
     from synthloop.tasks.digits import DigitsDenoiseTask
 
     task_config, model_config = settings.task, settings.model
+    device, dtype = placement(model_config)
     if isinstance(model_config, PretrainModelConfig):
         spec = pretrain_spec(settings)
         size, channels = spec.unet.sample_size, spec.unet.channels
         data = load_data(task_config, size, channels)
         unet, scheduler, _ = diffusion.load_or_pretrain(
             spec, pretrain_images(model_config, data, size, channels),
-            cache_dir=model_config.cache_dir, device=model_config.device)
+            cache_dir=model_config.cache_dir, device=device)
         flops = forward_flops(settings)  # what planning priced; equal to the count on CPU (tested)
     else:
-        unet, scheduler = diffusion.load_checkpoint(model_config.path, device=model_config.device)
+        unet, scheduler = diffusion.load_checkpoint(model_config.path, device=device)
         size, channels = geometry(settings, unet.config)
         unet_size = diffusion.spatial_size(unet)[0]
         if (size, channels) != (unet_size, unet.config.in_channels):
@@ -243,6 +245,7 @@ def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
                              f"takes {unet.config.in_channels}x{unet_size}x{unet_size}")
         data = load_data(task_config, size, channels)
         flops = diffusion.forward_flops(unet)
+    unet = unet.to(dtype=dtype)
     generator = diffusion.DenoisingGenerator(noise_step=task_config.noise_step, flops_per_forward=flops,
                                              batch_size=settings.generator.batch_size,
                                              sampler=settings.generator.sampler)
@@ -252,6 +255,17 @@ def build_components(config: RunConfig, settings: DigitsSettings) -> Components:
         unet, scheduler, noise_step=task_config.noise_step, batch_size=settings.learner.batch_size,
         lr=settings.learner.lr, ema_decay=settings.learner.ema_decay, flops_per_forward=flops)
     return Components(task=task, generator=generator, selector=make_selector(config.selector), learner=learner)
+
+
+def placement(model: PretrainModelConfig | PretrainedModelConfig) -> tuple[str, Any]:
+    """(device, dtype) the config names, resolved here (``auto``: CUDA, MPS, else the CPU)."""
+    from synthloop.models.devices import DeviceError, resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(model.device)
+        return str(device), resolve_dtype(model.dtype, device)
+    except DeviceError as error:
+        raise ConfigError(f"model.{error}") from None
 
 
 def pretrain_images(model: PretrainModelConfig, data: DigitsData, size: int, channels: int) -> Images:

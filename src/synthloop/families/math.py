@@ -5,6 +5,8 @@ Validation and planning import no ML framework; ``build`` imports torch and tran
     task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
     model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
                | {kind: tiny, ...} | {kind: scratch, pretrain_steps, ...}
+               every kind also takes device: auto | cpu | cuda | mps (default cpu) and
+               dtype: float32 | bfloat16 | float16 (the weights'; default float32; float16 not on cpu)
     generator: {kind: hf, max_new_tokens, temperature, top_p, batch_size, bf16, ...}
     learner:   {kind: sft, lr, batch_size, grad_accum, epochs, reset: continue|restart, lora: {...}}
 """
@@ -26,6 +28,7 @@ from synthloop.configs import (
     validate_kind,
     validate_section,
 )
+from synthloop.families.placement import Placement
 from synthloop.strict import Count, Seed
 from synthloop.tasks.math import (
     Level,
@@ -64,7 +67,7 @@ class MathTaskConfig(Strict):
     require_marker: bool = False  # only "#### <answer>" counts as a final answer
 
 
-class ScratchModelConfig(Strict):
+class ScratchModelConfig(Placement):
     """A tiny GPT-2 trained from scratch on labelled seed problems of the task's levels."""
 
     kind: Literal["scratch"]
@@ -88,11 +91,11 @@ class TinyModelConfig(ScratchModelConfig):
     pretrain_steps: Steps = 0
 
 
-class SmolLM2Config(Strict):
+class SmolLM2Config(Placement):
     kind: Literal["smollm2"]
 
 
-class PretrainedConfig(Strict):
+class PretrainedConfig(Placement):
     kind: Literal["pretrained"]
     source: Annotated[str, Field(min_length=1)]  # hub id or local directory
 
@@ -193,7 +196,7 @@ PROMPT_CHARS: dict[str, float] = {
     '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
     '"min_terms": 2}], ["chain_sum", {"max_digits": 1, "max_terms": 3, "min_digits": 1, "min_terms": 3}]], '
     '"shots": 0, "style": "few_shot"}': 87.0,
-    # examples/math-smollm2.yaml
+    # examples/math-smollm2.yaml, examples/math-smollm2-full.yaml
     '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
     '"min_terms": 2}]], "shots": 3, "style": "chat"}': 187.0,
 }
@@ -230,15 +233,19 @@ def levels_of(settings: MathSettings) -> list[Level]:
 
 
 def build_model(settings: MathSettings) -> HFModel:
+    from synthloop.models.devices import DeviceError
     from synthloop.models.hf import export_smollm2, load_pretrained
 
     spec = settings.model
-    if isinstance(spec, SmolLM2Config):
-        return load_pretrained(export_smollm2())
-    if isinstance(spec, PretrainedConfig):
-        return load_pretrained(spec.source)
-    assert isinstance(spec, ScratchModelConfig)
-    return scratch_for(spec, levels_of(settings), data_seed=settings.task.data_seed)
+    try:
+        if isinstance(spec, SmolLM2Config):
+            return load_pretrained(export_smollm2(), device=spec.device, dtype=spec.dtype)
+        if isinstance(spec, PretrainedConfig):
+            return load_pretrained(spec.source, device=spec.device, dtype=spec.dtype)
+        assert isinstance(spec, ScratchModelConfig)
+        return scratch_for(spec, levels_of(settings), data_seed=settings.task.data_seed)
+    except DeviceError as error:  # a device or dtype this machine cannot give: one line naming the setting
+        raise ConfigError(f"model.{error}") from None
 
 
 def scratch_for(spec: ScratchModelConfig, levels: list[Level], *, data_seed: int) -> HFModel:
@@ -254,7 +261,8 @@ def scratch_for(spec: ScratchModelConfig, levels: list[Level], *, data_seed: int
     training = PretrainConfig(steps=spec.pretrain_steps, batch_size=spec.pretrain_batch_size,
                               lr=spec.pretrain_lr, bf16=spec.pretrain_bf16, seed=spec.seed)
     return scratch_model(seed_texts, tokenizer_texts=seed_texts, vocab_size=spec.vocab_size,
-                         architecture=architecture, training=training)
+                         architecture=architecture, training=training, device=spec.device, dtype=spec.dtype,
+                         description="pretraining the math model from scratch (once; cached)")
 
 
 def longest_prompt(task: MathTask, model: HFModel, *, chat: bool, hints: bool) -> int:
@@ -286,7 +294,8 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
                           max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat)
     task.evaluator = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
                                  stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
-                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat)
+                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat,
+                                 progress="evaluating on the held-out problems")
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
     return Components(task=task, generator=generator, selector=make_selector(config.selector),
                       learner=sft_learner(settings.learner, model, chat=chat))

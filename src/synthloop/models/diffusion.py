@@ -36,6 +36,7 @@ from diffusers import DDPMScheduler as _DDPMScheduler
 from diffusers import UNet2DModel as _UNet2DModel
 from safetensors.torch import load_file, save_file
 
+from synthloop.longstep import LongStep
 from synthloop.models.unet_flops import TRAIN_FLOPS_FACTOR
 from synthloop.records import Candidates, Prompts, Usage, ones_usage
 
@@ -55,6 +56,10 @@ class DenoisingModel:
     @property
     def device(self) -> torch.device:
         return self.unet.device
+
+    def tensor(self, array: npt.NDArray[np.float32]) -> torch.Tensor:
+        """``array`` on the UNet's device in its dtype (float32 or bfloat16)."""
+        return torch.from_numpy(array).to(device=self.unet.device, dtype=self.unet.dtype)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def forward_flops(unet: UNet) -> float:
 
     size = unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
-    x = torch.zeros(1, unet.config.in_channels, size, size, device=unet.device)
+    x = torch.zeros(1, unet.config.in_channels, size, size, device=unet.device, dtype=unet.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(x, torch.zeros(1, dtype=torch.long, device=unet.device))
     return float(counter.get_total_flops())
@@ -168,11 +173,11 @@ class DenoisingGenerator:
         out = np.empty_like(clean)
         noisy = np.empty_like(clean)
         for rows in _batches(len(clean), self.batch_size):
-            x0 = torch.from_numpy(clean[rows]).to(model.device)
-            y = add_noise(model.scheduler, x0, torch.from_numpy(eps[rows]).to(model.device), self.noise_step)
-            noisy[rows] = y.cpu().numpy()
+            x0 = model.tensor(clean[rows])
+            y = add_noise(model.scheduler, x0, model.tensor(eps[rows]), self.noise_step)
+            noisy[rows] = y.float().cpu().numpy()
             out[rows] = reverse(model, y, noise_step=self.noise_step, generator=generator,
-                                sampler=self.sampler).cpu().numpy()
+                                sampler=self.sampler).float().cpu().numpy()
         return out, noisy
 
     def generate(self, model: DenoisingModel, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
@@ -249,9 +254,9 @@ class NoisePredictionLearner:
                 "leftover": float(len(self.leftover_))}
 
     def _step(self, batch: npt.NDArray[np.float32], rng: np.random.Generator) -> float:
-        device = self.unet_.device
-        x0 = torch.from_numpy(batch).to(device)
-        eps = torch.from_numpy(rng.standard_normal(batch.shape, dtype=np.float32)).to(device)
+        device, dtype = self.unet_.device, self.unet_.dtype
+        x0 = torch.from_numpy(batch).to(device=device, dtype=dtype)
+        eps = torch.from_numpy(rng.standard_normal(batch.shape, dtype=np.float32)).to(device=device, dtype=dtype)
         t = torch.from_numpy(rng.integers(0, self.noise_step, len(batch))).to(device)
         noisy = self.scheduler.add_noise(x0, eps, t)
         loss = torch.nn.functional.mse_loss(self.unet_(noisy, t).sample, eps)
@@ -334,15 +339,17 @@ def pretrain(spec: PretrainSpec, images: npt.NDArray[np.float32], *,
     optimizer = torch.optim.Adam(unet.parameters(), lr=spec.lr)
     rng = np.random.default_rng(spec.seed)
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
-    for _ in range(spec.steps):
-        rows = torch.from_numpy(rng.integers(0, len(data), spec.batch_size)).to(device)
-        x0 = data[rows]
-        eps = torch.from_numpy(rng.standard_normal(tuple(x0.shape), dtype=np.float32)).to(device)
-        t = torch.from_numpy(rng.integers(0, spec.max_timestep, len(x0))).to(device)
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, eps, t), t).sample, eps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with LongStep("pretraining the denoising model (once; cached)", total=spec.steps) as progress:
+        for _ in range(spec.steps):
+            rows = torch.from_numpy(rng.integers(0, len(data), spec.batch_size)).to(device)
+            x0 = data[rows]
+            eps = torch.from_numpy(rng.standard_normal(tuple(x0.shape), dtype=np.float32)).to(device)
+            t = torch.from_numpy(rng.integers(0, spec.max_timestep, len(x0))).to(device)
+            loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, eps, t), t).sample, eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress.advance()
     return unet.eval(), scheduler
 
 

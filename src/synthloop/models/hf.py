@@ -27,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from synthloop.longstep import LongStep
+from synthloop.models import devices
 from synthloop.records import Candidates, Prompts, Usage
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,10 +54,9 @@ class HFModel:
     tokenizer: Any  # a transformers PreTrainedTokenizerBase
 
 
-def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def autocast(enabled: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager[Any]:
+    """bf16 mixed precision on the model's device (see :func:`synthloop.models.devices.autocast`)."""
+    return devices.autocast(enabled, device)
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:
@@ -66,13 +67,17 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_pretrained(source: str | Path) -> HFModel:
-    """A causal LM and tokenizer from a hub id or a local directory, fp32 on CPU."""
+def load_pretrained(source: str | Path, *, device: str = "cpu", dtype: str = "float32") -> HFModel:
+    """A causal LM and tokenizer from a hub id or a local directory, with its weights in ``dtype``
+    on ``device`` (``auto | cpu | cuda | mps``; ValueError naming the setting if it cannot be had)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where = devices.resolve_device(device)
+    weights = devices.resolve_dtype(dtype, where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        network = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+        network: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=weights)
+        network = network.to(where)
     except OSError as error:
         raise FileNotFoundError(
             f"cannot load a causal LM from {source!r} (a hub id needs network access; a local "
@@ -104,13 +109,20 @@ def export_smollm2(directory: Path | None = None) -> Path:
     target = directory or cache_dir() / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return target
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    network = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                   dtype=torch.float32)
+    with LongStep(f"exporting SmolLM2-135M-Instruct once to {target} (de-quantizing the GGUF)"):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        network = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                       dtype=torch.float32)
+        _save_export(network, tokenizer, target)
+    return target
+
+
+def _save_export(network: Any, tokenizer: Any, target: Path) -> None:
+    from safetensors.torch import save_file
+
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     network.config.save_pretrained(partial)
@@ -122,7 +134,6 @@ def export_smollm2(directory: Path | None = None) -> Path:
     config.pop("quantization_config", None)
     config_path.write_text(json.dumps(config, indent=1))
     partial.rename(target)  # atomic: a half-written export is never taken for a finished one
-    return target
 
 
 def context_length(network: Any) -> int:
@@ -148,9 +159,14 @@ def encode_prompt(tokenizer: Any, text: str, *, chat: bool) -> list[int]:
 # -- generation ---------------------------------------------------------------------------------
 
 
-def torch_generator(rng: np.random.Generator) -> torch.Generator:
-    """A torch Generator seeded from a numpy one: same numpy state, same torch draws."""
-    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+def torch_generator(rng: np.random.Generator, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch Generator on ``device`` seeded from a numpy one: same numpy state, same torch draws."""
+    return devices.torch_generator(int(rng.integers(0, 2**63 - 1)), device)
+
+
+def model_device(network: Any) -> torch.device:
+    """The device of a network's weights (where its inputs must go)."""
+    return next(network.parameters()).device
 
 
 def cache_argument() -> str:
@@ -219,6 +235,7 @@ class HFGenerator:
     carry: tuple[str, ...] = ("question_prompt",)  # prompt columns copied into the samples, if present
     chat: bool = False  # wrap each prompt as a user turn with the tokenizer's chat template
     check_every: int = 4  # decode unfinished rows to look for stop strings every this many tokens
+    progress: str | None = None  # show progress under this name (evaluation: the loop shows only its parts)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_prompt_tokens < 1:
@@ -233,7 +250,7 @@ class HFGenerator:
 
     def generate(self, model: HFModel, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
         texts = list(prompts.items[self.prompt_key])
-        gen = torch_generator(rng)
+        gen = torch_generator(rng, model_device(model.network))
         completions: list[str] = [""] * len(texts)
         n_prompt = np.zeros(len(texts))
         n_completion = np.zeros(len(texts))
@@ -241,16 +258,25 @@ class HFGenerator:
         # the prompts, so output stays a function of (prompts, rng).
         lengths = [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            out, p, c = self.sample_batch(model, [texts[i] for i in rows], gen)
-            for i, text, pt, ct in zip(rows, out, p, c, strict=True):
-                completions[i], n_prompt[i], n_completion[i] = text, pt, ct
+        with self._progress(len(texts)) as step:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                out, p, c = self.sample_batch(model, [texts[i] for i in rows], gen)
+                for i, text, pt, ct in zip(rows, out, p, c, strict=True):
+                    completions[i], n_prompt[i], n_completion[i] = text, pt, ct
+                if step is not None:
+                    step.advance(len(rows))
         usage = {"samples": np.ones(len(texts)), "prompt_tokens": n_prompt,
                  "completion_tokens": n_completion, "tokens": n_prompt + n_completion}
         samples = {"prompt": texts, "completion": completions}
         samples.update({k: list(prompts.items[k]) for k in self.carry if k in prompts.items})
         return Candidates(samples=samples, prompt_index=prompts.index, usage=usage)
+
+    def _progress(self, n: int) -> contextlib.AbstractContextManager[LongStep | None]:
+        """A progress display named ``progress`` (an evaluator's), or none (the loop shows its own)."""
+        if self.progress is None:
+            return contextlib.nullcontext()
+        return LongStep(self.progress, total=n, unit="prompts", announce=False)
 
     @torch.no_grad()
     def sample_batch(self, model: HFModel, texts: Sequence[str], gen: torch.Generator
@@ -263,7 +289,7 @@ class HFGenerator:
         encoded = [encode_prompt(tok, t, chat=self.chat)[-keep:] for t in texts]
         was_training = net.training
         net.eval()
-        with autocast(self.bf16):
+        with autocast(self.bf16, model_device(net)):
             rows = self._decode(net, tok, encoded, gen)
         net.train(was_training)
         texts_out = []
@@ -279,12 +305,13 @@ class HFGenerator:
     def _decode(self, net: Any, tok: Any, encoded: Sequence[list[int]], gen: torch.Generator) -> _Rows:
         """Sample up to ``max_new_tokens`` per left-padded row; finished rows leave the batch."""
         width = max(len(e) for e in encoded)
-        pad = tok.pad_token_id
-        step_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
+        pad, device = tok.pad_token_id, model_device(net)
+        step_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long,
+                            device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         rows = _Rows(generated=[[] for _ in encoded], counts=[0] * len(encoded), cut={})
-        active = torch.arange(len(encoded))
+        active = torch.arange(len(encoded), device=device)
         cache = KVCache()
         for step in range(self.max_new_tokens):
             logits = cache.forward(net, input_ids=step_ids, attention_mask=mask, position_ids=positions)
@@ -298,7 +325,7 @@ class HFGenerator:
                 active = active[alive]
                 cache.keep(alive)
                 mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
-            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
             step_ids = next_ids.unsqueeze(-1)
         return rows
@@ -308,9 +335,10 @@ class HFGenerator:
         """Append one sampled token to each active row; which rows are done (EOS, or a stop string
         when ``check``)."""
         eos = tok.eos_token_id
-        done = torch.zeros(len(active), dtype=torch.bool)
+        done = [False] * len(active)
+        tokens = next_ids.tolist()  # one device-to-host copy per step, not one per row
         for j, row in enumerate(active.tolist()):
-            token = int(next_ids[j])
+            token = int(tokens[j])
             rows.counts[row] += 1
             if token == eos:
                 done[j] = True
@@ -322,7 +350,7 @@ class HFGenerator:
                     cut = self._cut(tok.decode(rows.generated[row], skip_special_tokens=True))
                     if cut is not None:
                         rows.cut[row], done[j] = cut, True
-        return done
+        return torch.tensor(done, dtype=torch.bool, device=active.device)
 
     def _cut(self, text: str) -> str | None:
         hits = [text.find(s) for s in self.stop_strings]
@@ -481,7 +509,7 @@ class SFTLearner:
         for start in range(0, len(by_length), self.batch_size):
             micro = by_length[start:start + self.batch_size]
             ids, labels, mask = self._collate(micro)
-            with autocast(self.bf16):
+            with autocast(self.bf16, ids.device):
                 loss_sum = self._loss_sum(network, ids, labels, mask, min(k for _, k in micro))
             (loss_sum / max(n_target, 1)).backward()
             total_loss += float(loss_sum.detach())
@@ -521,7 +549,8 @@ class SFTLearner:
             ids[r, :len(row)] = torch.tensor(row)
             labels[r, n_prompt:len(row)] = torch.tensor(row[n_prompt:])
             mask[r, :len(row)] = 1
-        return ids, labels, mask
+        device = model_device(self.model_.network)
+        return ids.to(device), labels.to(device), mask.to(device)
 
     def loss(self, selected: Candidates) -> float:
         """Mean completion-token loss of the current model on ``selected`` (no update)."""
@@ -529,7 +558,7 @@ class SFTLearner:
                                                         selected.samples["completion"], strict=True)]
         network = self.model_.network
         total, count = 0.0, 0
-        with torch.no_grad(), autocast(self.bf16):
+        with torch.no_grad(), autocast(self.bf16, model_device(network)):
             for start in range(0, len(examples), self.batch_size):
                 micro = examples[start:start + self.batch_size]
                 ids, labels, mask = self._collate(micro)
@@ -552,7 +581,8 @@ class SFTLearner:
 
         self._fresh()
         network = self.model_.network
-        weights = load_file(str(directory / "trainable.safetensors"))
+        device = model_device(network)
+        weights = load_file(str(directory / "trainable.safetensors"), device=str(device))
         names = {k for k, v in network.named_parameters() if v.requires_grad}
         if set(weights) != names:
             raise ValueError(f"checkpoint {directory} does not match this learner's trainable weights")
@@ -560,7 +590,8 @@ class SFTLearner:
             for name, param in network.named_parameters():
                 if name in weights:
                     param.copy_(weights[name])
-        self.optimizer_.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.optimizer_.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True,
+                                                  map_location=device))
         state = json.loads((directory / "learner.json").read_text())
         self.steps_ = int(state["steps"])
 
