@@ -37,6 +37,7 @@ class MockServer:
         self.script: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.actions: list[str] = []
+        self.auth: list[str | None] = []  # the Authorization header of every request
         self.default = "ok"
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -77,6 +78,7 @@ class MockServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                mock.auth.append(self.headers.get("authorization"))
                 mock.respond(self, body, mock._next(body))
 
         return Handler
@@ -123,3 +125,27 @@ class MockServer:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout): fine
             pass
+
+
+def served_config(url: str, **overrides: Any) -> dict[str, Any]:
+    """A tiny math run whose training prompts a served model answers: a random 1-layer student,
+    two iterations of 4 selected answers, parts of 3 prompts, few tokens each."""
+    config: dict[str, Any] = {
+        "name": "served", "seed": 0,
+        "task": {"kind": "math", "levels": [{"name": "add1", "dataset": "chain_sum", "params": {
+            "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}],
+            "train_size": 16, "eval_size": 2, "shots": 1},
+        "model": {"kind": "tiny", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 128, "vocab_size": 100,
+                  "seed_problems": 20},
+        "generator": {"kind": "openai", "model": "smollm2", "base_url": url, "max_tokens": 12, "temperature": 0.7,
+                      "stop": ["\n"], "concurrency": 2, "backoff": 0.05, "max_retries": 2, "timeout": 60.0,
+                      "bf16": False},
+        "learner": {"kind": "sft", "batch_size": 4, "bf16": False},
+        "selector": {"kind": "passed"},
+        "schedule": {"kind": "constant", "n0": 4},
+        "budget": {"total": 20_000, "unit": "tokens",
+                   "costs": {"generate": {"tokens": 1.0}, "train": {"tokens": 1.0}}},
+        "loop": {"max_iterations": 2, "chunk_size": 3, "store_candidates": "all"},
+    }
+    config.update(overrides)
+    return config
