@@ -129,7 +129,7 @@ class MockServer:
 
 def served_config(url: str, **overrides: Any) -> dict[str, Any]:
     """A tiny math run whose training prompts a served model answers: a random 1-layer student,
-    two iterations of 4 selected answers, parts of 3 prompts, few tokens each."""
+    two iterations of 2 selected answers, parts of 3 prompts, few tokens each."""
     config: dict[str, Any] = {
         "name": "served", "seed": 0,
         "task": {"kind": "math", "levels": [{"name": "add1", "dataset": "chain_sum", "params": {
@@ -142,7 +142,7 @@ def served_config(url: str, **overrides: Any) -> dict[str, Any]:
                       "bf16": False},
         "learner": {"kind": "sft", "batch_size": 4, "bf16": False},
         "selector": {"kind": "passed"},
-        "schedule": {"kind": "constant", "n0": 4},
+        "schedule": {"kind": "constant", "n0": 2},
         "budget": {"total": 20_000, "unit": "tokens",
                    "costs": {"generate": {"tokens": 1.0}, "train": {"tokens": 1.0}}},
         "loop": {"max_iterations": 2, "chunk_size": 3, "store_candidates": "all"},
