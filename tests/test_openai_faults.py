@@ -14,19 +14,18 @@ import pytest
 
 pytest.importorskip("openai")
 
-from openai_mock import COMPLETION_TOKENS, MockServer, answer_of, usage_of  # noqa: E402
-
-from synthloop.engines.client import Endpoint, Request  # noqa: E402
-from synthloop.engines.judge import Asker, RatingVerifier  # noqa: E402
-from synthloop.engines.openai_config import Connection, OpenAISettings, resolve_connection  # noqa: E402
-from synthloop.engines.openai_generator import (  # noqa: E402
+from openai_mock import COMPLETION_TOKENS, MockServer, answer_of, usage_of
+from synthloop.engines.client import Endpoint, Request
+from synthloop.engines.judge import Asker, RatingVerifier
+from synthloop.engines.openai_config import Connection, OpenAISettings, resolve_connection
+from synthloop.engines.openai_generator import (
     EngineUnavailableError,
     OpenAIGenerator,
     RequestErrors,
 )
-from synthloop.records import Prompts, Verdict  # noqa: E402
-from synthloop.tasks.math import MathVerifier  # noqa: E402
-from synthloop.testing import check_generator, check_verifier  # noqa: E402
+from synthloop.records import Prompts, Verdict
+from synthloop.tasks.math import MathVerifier
+from synthloop.testing import check_generator, check_verifier
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,7 @@ def test_failed_requests_are_error_verdicts_and_only_successes_are_charged(mock:
 def test_a_part_with_no_successful_request_stops_the_run(mock: MockServer) -> None:
     mock.default = "503"
     generator = OpenAIGenerator(endpoint(mock, max_retries=1), max_prompt_tokens=200)
-    with pytest.raises(EngineUnavailableError, match="none of 2 requests succeeded .first: HTTP 503"):
+    with pytest.raises(EngineUnavailableError, match=r"none of 2 requests succeeded \(first: HTTP 503"):
         generator.generate(None, prompts(["1 + 2", "3 + 4"]), rng=np.random.default_rng(0))
 
 

@@ -333,7 +333,12 @@ def openai_components(config: RunConfig, settings: MathSettings, spec: OpenAIGen
     template (``template_tokens``): the server's tokenizer is not at hand here."""
     from synthloop.engines.client import Endpoint
     from synthloop.engines.openai_config import resolve_connection
-    from synthloop.engines.openai_generator import OpenAIGenerator, RequestErrors, probe_seed, prompt_token_bound
+    from synthloop.engines.openai_generator import (
+        OpenAIGenerator,
+        RequestErrors,
+        probe_seed,
+        prompt_token_bound,
+    )
     from synthloop.loop import Components
     from synthloop.models.hf import HFGenerator
     from synthloop.tasks.math import MathTask, MathVerifier
