@@ -178,3 +178,27 @@ def test_the_base_url_comes_from_the_config_or_the_environment() -> None:
     assert connection.base_url == "http://a:1/v1" and connection.api_key == "s3"
     assert "s3" not in repr(connection)
     assert resolve_connection(OpenAISettings(model="m", base_url="http://c:1/v1"), env).base_url == "http://c:1/v1"
+
+
+def test_the_config_edge_validates_an_openai_generator_and_never_holds_a_key() -> None:
+    from openai_mock import served_config
+
+    from synthloop.configs import ConfigError, parse_config, to_yaml
+    from synthloop.families.math import FAMILY, OpenAIGeneratorConfig
+
+    config = parse_config(served_config("http://127.0.0.1:9/v1"))
+    settings = FAMILY.validate(config)
+    assert isinstance(settings.generator, OpenAIGeneratorConfig) and settings.generator.max_tokens == 12
+    assert FAMILY.usage_per_draw(settings)["completion_tokens"] == 12 / 4
+    assert "base_url: http://127.0.0.1:9/v1" in to_yaml(config)
+    bad = served_config("http://127.0.0.1:9/v1")
+    bad["generator"] = {**bad["generator"], "api_key": "sk-123"}
+    with pytest.raises(ConfigError, match=r"^generator\.api_key: unknown key"):
+        parse_config(bad)
+    bad["generator"] = {"kind": "vllm", "model": "m"}
+    with pytest.raises(ConfigError, match=r"^generator\.kind: unknown kind 'vllm'; allowed: 'hf', 'openai'"):
+        parse_config(bad)
+    star = served_config("http://127.0.0.1:9/v1")
+    star["task"] = {**star["task"], "rationalize": True}
+    with pytest.raises(ConfigError, match=r"^task\.rationalize: not supported"):
+        parse_config(star)
