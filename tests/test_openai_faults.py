@@ -182,7 +182,6 @@ def test_the_base_url_comes_from_the_config_or_the_environment() -> None:
 
 def test_the_config_edge_validates_an_openai_generator_and_never_holds_a_key() -> None:
     from openai_mock import served_config
-
     from synthloop.configs import ConfigError, parse_config, to_yaml
     from synthloop.families.math import FAMILY, OpenAIGeneratorConfig
 
@@ -202,3 +201,13 @@ def test_the_config_edge_validates_an_openai_generator_and_never_holds_a_key() -
     star["task"] = {**star["task"], "rationalize": True}
     with pytest.raises(ConfigError, match=r"^task\.rationalize: not supported"):
         parse_config(star)
+
+
+def test_a_generator_pickles_for_worker_processes(mock: MockServer) -> None:
+    import pickle
+
+    generator = OpenAIGenerator(endpoint(mock), max_prompt_tokens=200)
+    generator.generate(None, prompts(["1 + 2"]), rng=np.random.default_rng(0))  # its client now exists
+    copy = pickle.loads(pickle.dumps(generator))
+    again = copy.generate(None, prompts(["1 + 2"]), rng=np.random.default_rng(0))
+    assert again.samples["completion"] == [" #### 3"]

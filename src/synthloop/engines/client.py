@@ -19,14 +19,14 @@ off (``max_retries=0``) so that the policy above is the only one, and it is test
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from synthloop.engines.openai_config import Connection, OpenAISettings
@@ -133,49 +133,50 @@ def _summed_logprob(logprobs: Any, *, chat: bool) -> float:
     return float(sum(v for v in values if v is not None))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Endpoint:
     """Sends requests to one server with the settings' sampling options and retry policy.
 
-    Thread-safe: one ``openai`` client (one connection pool) serves every worker thread. The
-    constructor stores its arguments; the client is made on first use.
+    Each batch of requests gets one ``openai`` client (one connection pool, shared by the worker
+    threads), closed when the batch is done: nothing stays open between parts, and an endpoint is
+    a plain picklable value (to ship a generator to worker processes).
     """
 
     settings: OpenAISettings
     connection: Connection
     api: str | None = None  # "completions" or "chat"; None: ``settings.api``, else completions
     sleep: Callable[[float], None] = time.sleep
-    _client: Any = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                import openai
-
-                self._client = openai.OpenAI(base_url=self.connection.base_url, api_key=self.connection.api_key,
-                                             max_retries=0, timeout=self.settings.timeout)
-            return self._client
 
     @property
     def chat(self) -> bool:
         return (self.api or self.settings.api or "completions") == "chat"
 
+    def _open(self) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.connection.base_url, api_key=self.connection.api_key,
+                             max_retries=0, timeout=self.settings.timeout)
+
     def run_all(self, requests: Sequence[Request]) -> list[Outcome]:
         """Every request's outcome, in order; at most ``concurrency`` in flight at once."""
-        if len(requests) <= 1 or self.settings.concurrency == 1:
-            return [self.run(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(requests))) as pool:
-            return list(pool.map(self.run, requests))
+        with self._open() as client:
+            if len(requests) <= 1 or self.settings.concurrency == 1:
+                return [self._run(client, r) for r in requests]
+            with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(requests))) as pool:
+                return list(pool.map(functools.partial(self._run, client), requests))
 
     def run(self, request: Request) -> Outcome:
         """One request with its retries: the reply, or the reason of the last failed attempt."""
+        with self._open() as client:
+            return self._run(client, request)
+
+    def _run(self, client: Any, request: Request) -> Outcome:
         jitter = random.Random(request.seed)  # spreads retries of many requests; no global state
         attempt = 0
         while True:
             attempt += 1
             try:
-                return Outcome(self._send(request), attempts=attempt)
+                return Outcome(self._send(client, request), attempts=attempt)
             except Exception as error:  # every failure becomes an outcome; see classify
                 failure = classify(error)
             if not failure.retry or attempt > self.settings.max_retries:
@@ -188,7 +189,7 @@ class Endpoint:
             return min(failure.wait, s.max_backoff)
         return min(s.backoff * 2 ** (attempt - 1), s.max_backoff) * (0.5 + 0.5 * jitter.random())
 
-    def _send(self, request: Request) -> Reply:
+    def _send(self, client: Any, request: Request) -> Reply:
         s, chat = self.settings, self.chat
         options: dict[str, Any] = {"model": s.model, "max_tokens": s.max_tokens, "temperature": s.temperature,
                                    "top_p": s.top_p, "n": request.n}
@@ -201,9 +202,9 @@ class Endpoint:
             messages.append({"role": "user", "content": request.prompt})
             if s.logprobs:
                 options["logprobs"] = True
-            raw = self.client().chat.completions.with_raw_response.create(messages=messages, **options)
+            raw = client.chat.completions.with_raw_response.create(messages=messages, **options)
         else:
             if s.logprobs:
                 options["logprobs"] = 1
-            raw = self.client().completions.with_raw_response.create(prompt=request.prompt, **options)
+            raw = client.completions.with_raw_response.create(prompt=request.prompt, **options)
         return parse_reply(raw.http_response.text, chat=chat, n=request.n, max_tokens=s.max_tokens)
