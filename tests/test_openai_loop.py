@@ -91,7 +91,7 @@ def test_retried_faults_are_charged_once_a_lost_request_is_an_error(
 def test_a_server_going_down_stops_cleanly_and_resume_equals_an_unbroken_run(
         mock: MockServer, reference: list[IterationRecord], tmp_path: Path) -> None:
     run_dir = tmp_path / "served"
-    parts_done = []
+    parts_done: list[object] = []
 
     def go_down(event: object) -> None:
         if isinstance(event, PartDone):

@@ -129,7 +129,7 @@ def test_killing_the_server_mid_run_loses_nothing_and_resume_finishes_the_same_r
     from synthloop.experiments import resume_run, run_config
 
     run_dir = tmp_path / "served"
-    kills = []
+    kills: list[object] = []
 
     def kill_after_first_part(event: object) -> None:
         if isinstance(event, PartDone) and not kills:
