@@ -8,6 +8,7 @@ Validation and planning import no ML framework; ``build`` imports torch and tran
                every kind also takes device: auto | cpu | cuda | mps (default cpu) and
                dtype: float32 | bfloat16 | float16 (the weights'; default float32; float16 not on cpu)
     generator: {kind: hf, max_new_tokens, temperature, top_p, batch_size, bf16, ...}
+               | {kind: openai, model, base_url, max_tokens, ...}  (a served teacher: docs/engines.md)
     learner:   {kind: sft, lr, batch_size, grad_accum, epochs, reset: continue|restart, lora: {...}}
 """
 
@@ -28,6 +29,7 @@ from synthloop.configs import (
     validate_kind,
     validate_section,
 )
+from synthloop.engines.openai_config import OpenAISettings
 from synthloop.families.placement import Placement
 from synthloop.strict import Count, Seed
 from synthloop.tasks.math import (
@@ -119,6 +121,20 @@ class GeneratorConfig(Strict):
     stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
 
 
+class OpenAIGeneratorConfig(OpenAISettings):
+    """A served model samples (a fixed teacher); the student learns and is evaluated here, greedily,
+    with the local sampler (``eval_batch_size``, ``max_prompt_tokens``, ``bf16`` are for that)."""
+
+    kind: Literal["openai"]
+    eval_batch_size: Count = 32
+    max_prompt_tokens: Count = 1024
+    bf16: bool = True
+
+
+GENERATORS: dict[str, type[GeneratorConfig | OpenAIGeneratorConfig]] = {
+    "hf": GeneratorConfig, "openai": OpenAIGeneratorConfig}
+
+
 class LoraConfig(Strict):
     rank: Count = 8
     alpha: Annotated[int, Field(gt=0)] = 16
@@ -144,7 +160,7 @@ class LearnerConfig(Strict):
 class MathSettings:
     task: MathTaskConfig
     model: ModelConfig
-    generator: GeneratorConfig
+    generator: GeneratorConfig | OpenAIGeneratorConfig
     learner: LearnerConfig
 
 
@@ -152,19 +168,24 @@ class MathFamily:
     def validate(self, config: RunConfig) -> MathSettings:
         task = validate_section(config.task, MathTaskConfig, "task")
         model = validate_kind(config.model, MODELS, "model")
-        generator = validate_section(config.generator, GeneratorConfig, "generator")
+        generator = (validate_section(config.generator, GeneratorConfig, "generator") if config.generator is None
+                     else validate_kind(config.generator, GENERATORS, "generator"))
         learner = validate_section(config.learner, LearnerConfig, "learner")
         names = [level.name for level in task.levels]
         if len(set(names)) != len(names):
             raise ConfigError(f"task.levels: level names must be unique, got {names}")
         if isinstance(model, ScratchModelConfig) and model.n_embd % model.n_head:
             raise ConfigError("model.n_embd: must be a multiple of model.n_head")
+        if isinstance(generator, OpenAIGeneratorConfig) and task.rationalize:
+            raise ConfigError("task.rationalize: not supported with generator.kind 'openai' (a served "
+                              "teacher's failed requests would be retried as hints); use kind 'hf'")
         return MathSettings(task=task, model=model, generator=generator, learner=learner)
 
     def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
         """Rough expected tokens of one draw, for planning only (the ledger charges measured tokens):
         about 4 characters per token for the prompt, a quarter of ``max_new_tokens`` for the answer."""
-        completion = settings.generator.max_new_tokens / 4
+        g = settings.generator
+        completion = (g.max_tokens if isinstance(g, OpenAIGeneratorConfig) else g.max_new_tokens) / 4
         prompt = prompt_chars(settings.task) / 4
         usage = {"samples": 1.0, "tokens": prompt + completion, "prompt_tokens": prompt,
                  "completion_tokens": completion}
@@ -281,6 +302,8 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
     from synthloop.tasks.math import MathTask, MathVerifier, Rationalizing
 
     g, t = settings.generator, settings.task
+    if isinstance(g, OpenAIGeneratorConfig):
+        return openai_components(config, settings, g, model=model)
     model = model or build_model(settings)
     chat = t.style == "chat"
     verifier = MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker)
@@ -310,3 +333,42 @@ def sft_learner(spec: LearnerConfig, model: HFModel, *, chat: bool) -> Any:
     return SFTLearner(base=model, lr=spec.lr, weight_decay=spec.weight_decay, batch_size=spec.batch_size,
                       grad_accum=spec.grad_accum, epochs=spec.epochs, max_length=spec.max_length, bf16=spec.bf16,
                       reset=spec.reset, lora=lora, chat=chat, warmup_steps=spec.warmup_steps)
+
+
+def openai_components(config: RunConfig, settings: MathSettings, spec: OpenAIGeneratorConfig, *,
+                      model: HFModel | None = None) -> Components:
+    """The served model answers the training prompts; a failed request is an ERROR verdict with its
+    reason. The prompt-token bound per draw is the longest training prompt's bytes plus the chat
+    template (``template_tokens``): the server's tokenizer is not at hand here."""
+    from synthloop.engines.client import Endpoint
+    from synthloop.engines.openai_config import resolve_connection
+    from synthloop.engines.openai_generator import (
+        OpenAIGenerator,
+        RequestErrors,
+        probe_seed,
+        prompt_token_bound,
+    )
+    from synthloop.loop import Components
+    from synthloop.models.hf import HFGenerator
+    from synthloop.tasks.math import MathTask, MathVerifier
+
+    t, chat = settings.task, settings.task.style == "chat"
+    try:
+        connection = resolve_connection(spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    model = model or build_model(settings)
+    evaluator = HFGenerator(max_new_tokens=spec.max_tokens, temperature=0.0, stop_strings=spec.stop,
+                            batch_size=spec.eval_batch_size, max_prompt_tokens=spec.max_prompt_tokens,
+                            bf16=spec.bf16, chat=chat)
+    verifier = RequestErrors(MathVerifier(timeout_seconds=t.answer_timeout, require_marker=t.require_marker))
+    task = MathTask(levels_of(settings), evaluator=evaluator, train_size=t.train_size, eval_size=t.eval_size,
+                    shots=t.shots, data_seed=t.data_seed, verifier=verifier, style=t.style)
+    pool = task.pools_.train
+    texts = prompts_for(pool, range(len(pool)), task.pools_.shots, style=t.style).items["prompt"]
+    longest = max(prompt_token_bound(text, template_tokens=spec.template_tokens) for text in texts)
+    endpoint = Endpoint(spec, connection, api=spec.api or ("chat" if chat else "completions"))
+    honoured = spec.seed_honoured if spec.seed_honoured is not None else probe_seed(endpoint)
+    generator = OpenAIGenerator(endpoint, max_prompt_tokens=longest, seed_honoured=honoured)
+    return Components(task=task, generator=generator, selector=make_selector(config.selector),
+                      learner=sft_learner(settings.learner, model, chat=chat))

@@ -270,7 +270,7 @@ class MathTask:
 
     def __init__(self, levels: Sequence[Level], *, evaluator: Generator, train_size: int = 1000,
                  eval_size: int = 100, shots: int = 3, data_seed: int = 0,
-                 verifier: MathVerifier | None = None, style: str = "few_shot") -> None:
+                 verifier: Verifier | None = None, style: str = "few_shot") -> None:
         if not levels:
             raise ValueError("a math task needs at least one level")
         if style not in ("few_shot", "chat"):
@@ -282,7 +282,7 @@ class MathTask:
         self.eval_size = eval_size
         self.shots = shots
         self.data_seed = data_seed
-        self._verifier = verifier or MathVerifier()
+        self._verifier: Verifier = verifier or MathVerifier()
         self.pools_ = build_pools(self.levels, train_size=train_size, eval_size=eval_size,
                                   n_shots=shots, data_seed=data_seed)
         weights = np.repeat([lv.weight for lv in self.levels], train_size).astype(np.float64)
