@@ -181,8 +181,8 @@ def _print_outcome(history: list[IterationRecord], budget: float, unit: str, run
 
 
 WorkersOpt = Annotated[int | None, typer.Option(
-    min=1, help="Cells run at the same time (local processes; Ray tasks with --ray). Default 1, or what "
-                "the comparison was started with.")]
+    min=1, help="Cells run at the same time, in local processes (default 1), or as Ray tasks with --ray "
+                "(default: the cluster's CPUs).")]
 RayOpt = Annotated[str | None, typer.Option(
     "--ray", help="Run the cells as Ray tasks: 'local' starts Ray here, or give a cluster's address.")]
 
@@ -220,7 +220,7 @@ def compare(
         folder = out or child_path(Path("runs"), f"{cfg.name}-compare")
         with _compare_interruptible(folder), CompareProgress() as progress:
             summary = run_compare(cfg, schedules=names, seeds=seeds or cfg.compare.seeds, out=folder,
-                                  store_candidates=store, workers=workers or 1, ray=ray, progress=progress,
+                                  store_candidates=store, workers=workers, ray=ray, progress=progress,
                                   open_store=open_store)
     _print_compare_outcome(summary, folder)
 

@@ -107,19 +107,20 @@ class Request:
 
 def compare(
     config: RunConfig, *, schedules: Sequence[str] | None, seeds: int, out: Path, store_candidates: str = "none",
-    workers: int = 1, ray: str | None = None, progress: CompareReport | None = None,
+    workers: int | None = None, ray: str | None = None, progress: CompareReport | None = None,
     open_store: RunStoreFactory = RunStore,
 ) -> dict[str, Any]:
-    """Run (or finish) each named schedule of ``config.compare`` over ``seeds`` seeds at the same budget."""
+    """Run (or finish) each named schedule of ``config.compare`` over ``seeds`` seeds at the same budget.
+
+    ``workers``: cells at a time (default 1; with ``ray``, the cluster's CPUs).
+    """
     if config.compare is None:
         raise ConfigError("compare: the config has no 'compare' section naming the schedules")
     names = list(schedules or config.compare.schedules)
-    request = Request(tuple(names), seeds, store_candidates, workers)
+    request = Request(tuple(names), seeds, store_candidates, workers or 1)
     cells = plan_cells(config, config.compare.schedules, request, out=out)
     states = {cell.label: cell_state(cell) for cell in cells}  # refusals come before any write
     claim(out, config, request)
-    if progress is not None:
-        progress.begin(cells, states, workers=workers)
     results = run_cells(cells, states, workers=workers, ray=ray, progress=progress, open_store=open_store)
     return write_summary(config, names, [results[cell.label] for cell in cells], out=out)
 
@@ -268,7 +269,10 @@ def read_claim(out: Path) -> tuple[RunConfig, Request]:
 # -- running the cells -----------------------------------------------------------------------------
 
 class CellPool(Protocol):
-    """Runs cells somewhere: ``submit`` one, ``wait`` for any of those in flight to end."""
+    """Runs cells somewhere: ``submit`` one, ``wait`` for any of those in flight to end; ``width``
+    cells at a time."""
+
+    width: int
 
     def submit(self, cell: Cell) -> Any: ...
 
@@ -277,16 +281,18 @@ class CellPool(Protocol):
     def close(self) -> None: ...
 
 
-def run_cells(cells: Sequence[Cell], states: Mapping[str, CellState], *, workers: int, ray: str | None,
+def run_cells(cells: Sequence[Cell], states: Mapping[str, CellState], *, workers: int | None, ray: str | None,
               progress: CompareReport | None, open_store: RunStoreFactory) -> dict[str, CellResult]:
-    """Every cell's result, by label; at most ``workers`` cells are running at any moment."""
+    """Every cell's result, by label; at most the pool's width of cells are running at any moment."""
     pool = make_pool(workers=workers, ray=ray, open_store=open_store)
+    if progress is not None:
+        progress.begin(cells, states, workers=pool.width)
     waiting = list(cells)
     flying: dict[Any, Cell] = {}
     results: dict[str, CellResult] = {}
     try:
         while waiting or flying:
-            while waiting and len(flying) < pool_width(pool, workers):
+            while waiting and len(flying) < pool.width:
                 cell = waiting.pop(0)
                 if progress is not None:
                     progress.cell_started(cell, states[cell.label])
@@ -301,16 +307,12 @@ def run_cells(cells: Sequence[Cell], states: Mapping[str, CellState], *, workers
     return results
 
 
-def pool_width(pool: CellPool, workers: int) -> int:
-    return int(getattr(pool, "width", workers))
-
-
-def make_pool(*, workers: int, ray: str | None, open_store: RunStoreFactory) -> CellPool:
+def make_pool(*, workers: int | None, ray: str | None, open_store: RunStoreFactory) -> CellPool:
     if ray is not None:
         from synthloop.engines.ray import RayCellPool
 
         return RayCellPool(run_cell, address=ray, workers=workers, open_store=open_store)
-    if workers <= 1:
+    if workers is None or workers <= 1:
         return InlinePool(open_store)
     return ProcessPool(workers, open_store)
 
