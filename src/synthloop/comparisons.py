@@ -119,6 +119,7 @@ def compare(
     names = list(schedules or config.compare.schedules)
     request = Request(tuple(names), seeds, store_candidates, workers or 1)
     cells = plan_cells(config, config.compare.schedules, request, out=out)
+    check_claim(out, config)
     states = {cell.label: cell_state(cell) for cell in cells}  # refusals come before any write
     claim(out, config, request)
     results = run_cells(cells, states, workers=workers, ray=ray, progress=progress, open_store=open_store)
@@ -237,13 +238,18 @@ def _trajectory(name: str, seed: int, history: Sequence[IterationRecord], metric
 
 # -- the comparison folder's own file --------------------------------------------------------------
 
-def claim(out: Path, config: RunConfig, request: Request) -> None:
-    """Write ``compare.yaml``, or check that the one there is of the same config."""
+def check_claim(out: Path, config: RunConfig) -> None:
+    """Refuse a folder whose ``compare.yaml`` is of another config (one line naming the first key)."""
     if is_comparison(out):
         held, _ = read_claim(out)
         difference = first_difference(held.model_dump(mode="json"), config.model_dump(mode="json"))
         if difference is not None:
             raise RunDirectoryError(f"{out} holds a comparison of another config ({difference}); use another --out")
+
+
+def claim(out: Path, config: RunConfig, request: Request) -> None:
+    """Write ``compare.yaml`` (what was asked this time), once the folder is known to be this config's."""
+    check_claim(out, config)
     body = {"request": {"schedules": list(request.schedules), "seeds": request.seeds,
                         "store": request.store_candidates, "workers": request.workers},
             "config": yaml.safe_load(to_yaml(config))}
