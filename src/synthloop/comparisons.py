@@ -35,6 +35,7 @@ from synthloop.configs import (
     ConfigError,
     RunConfig,
     ScheduleConfig,
+    family_for,
     make_planner,
     parse_config,
     to_yaml,
@@ -158,6 +159,8 @@ def plan_cells(config: RunConfig, schedules: Mapping[str, ScheduleConfig], reque
                                     name=f"{config.name}-{name}-seed{k}").model_copy(update={"loop": loop})
             cells.append(Cell(name, k, variant, child_path(folder, f"seed-{k}")))
         make_planner(cells[-1].config)
+    if cells:  # the family's own sections, checked as a run would before it writes anything
+        family_for(cells[0].config).validate(cells[0].config)
     return cells
 
 
