@@ -114,6 +114,25 @@ def test_a_folder_or_a_cell_of_another_config_is_refused_in_one_line(tmp_path: P
     assert not (out / "compare.yaml").exists() and not (out / "runs" / "exponential").exists()  # nothing written
 
 
+def test_ctrl_c_says_how_to_finish_and_resume_gives_the_uninterrupted_table(tmp_path: Path) -> None:
+    config, out = tiny_config(tmp_path), tmp_path / "out"
+    compare(load_config(config), schedules=None, seeds=2, out=tmp_path / "reference", open_store=FAST)
+    trace = tmp_path / "trace"
+    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
+    process = subprocess.Popen([sys.executable, "-m", "synthloop.cli", "compare", str(config), "--out", str(out),
+                                "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert wait_for(process, trace, "commit", occurrence=6), "it finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the command and its workers
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.splitlines()[-1] == (f"synthloop: interrupted; finished cells are kept in {out}; "
+                                       f"`synthloop resume {out}` finishes the comparison")
+    assert "Traceback" not in stderr
+    cli("resume", out)
+    assert (out / "table.md").read_text() == (tmp_path / "reference" / "table.md").read_text()
+
+
 def test_first_difference_names_the_key() -> None:
     assert first_difference({"a": {"b": [1, 2]}, "c": 1}, {"a": {"b": [1, 3]}, "c": 1}) == "a.b: [1, 2] there, [1, 3] here"
     assert first_difference({"a": 1}, {"a": 1, "b": None}) is None
