@@ -41,3 +41,14 @@ class DiesOnce:
             else:
                 os._exit(1)  # the worker dies in the middle of its shard, as a crash would
         return self.inner.generate(model, prompts, rng=rng)
+
+
+@dataclass(frozen=True)
+class AlwaysDies:
+    """A generator whose every call ends its process: a shard that can never be done."""
+
+    def max_usage_per_draw(self) -> Mapping[str, float]:
+        return {"samples": 1.0}
+
+    def generate(self, model: Any, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        os._exit(1)

@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from crashsafe_support import FAST, ROOT, snapshot
-from ray_support import DiesOnce
+from ray_support import AlwaysDies, DiesOnce
 from synthloop.configs import RunConfig, parse_config
 from synthloop.engines.ray import (
     ActorShards,
+    FanOutError,
+    Job,
     SerialShards,
     ShardedGenerator,
     ShardedVerifier,
@@ -123,6 +125,18 @@ def test_a_worker_that_dies_mid_part_has_its_shard_redone(cluster: None, serial:
     assert pools[0].redone == 1
     assert len(set(calls.read_text().split())) == 3  # two actors, then the one started in place of the dead
     assert fanned == serial
+
+
+def test_a_shard_whose_workers_keep_dying_fails_the_part_after_max_redo(cluster: None) -> None:
+    verifier = build_components(tiny_config()).task.verifier
+    shards = ActorShards(AlwaysDies(), verifier, workers=1, max_redo=1)
+    job = Job(0, "generate", Prompts.unconditional(4), seed=np.random.SeedSequence(0))
+    try:
+        with pytest.raises(FanOutError, match="shard 0 of a part: its worker died 2 times"):
+            shards.run([job], model=None)
+    finally:
+        shards.close()
+    assert shards.redone == 1
 
 
 def test_compare_cells_as_ray_tasks_give_the_same_table(cluster: None, tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ DEFAULT_SHARD_SIZE = 256
 
 
 class FanOutError(RuntimeError):
-    """A shard could not be done: its worker died ``max_redo`` times, or it raised."""
+    """A shard could not be done: its worker died more than ``max_redo`` times in one part (an
+    exception the generator or verifier raises inside a shard reaches the caller as Ray raises it)."""
 
 
 # -- shards --------------------------------------------------------------------------------------
