@@ -121,10 +121,10 @@ def test_ctrl_c_says_how_to_finish_and_resume_gives_the_uninterrupted_table(tmp_
     env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
     process = subprocess.Popen([sys.executable, "-m", "synthloop.cli", "compare", str(config), "--out", str(out),
                                 "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               start_new_session=True)
     assert wait_for(process, trace, "commit", occurrence=6), "it finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the command and its workers
-    _, stderr = process.communicate(timeout=120)
+    stderr = process.communicate(timeout=120)[1].decode()
     assert process.returncode == 130
     assert stderr.splitlines()[-1] == (f"synthloop: interrupted; finished cells are kept in {out}; "
                                        f"`synthloop resume {out}` finishes the comparison")
