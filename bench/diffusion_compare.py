@@ -1,6 +1,6 @@
 """Spend Wisely's Table 2(a) on 8x8 digits: schedules at equal compute, over seeds, one noise level.
 
-Runs each schedule of the config's ``compare`` section with ``synthloop.experiments.compare`` (one
+Runs each schedule of the config's ``compare`` section with ``synthloop.comparisons.compare`` (one
 folder per schedule, so a stopped benchmark keeps what it finished), then merges them into
 ``OUT/summary.json``. Pretraining happens once, before the first run, and is cached.
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthloop.comparisons import compare
 from synthloop.configs import load_config
-from synthloop.experiments import build_components, compare
+from synthloop.experiments import build_components
 
 
 def main() -> None:

@@ -141,10 +141,14 @@ def _interruptible(run_dir: Path) -> Iterator[None]:
 
 @app.command()
 def resume(run_dir: RunDirArg, tensorboard: TensorBoardOpt = None, mlflow: MlflowOpt = None) -> None:
-    """Continue a stopped run from its last committed state (every file is checked first)."""
+    """Continue a stopped run (or a comparison folder) from its last committed state (every file is checked first)."""
+    from synthloop.comparisons import is_comparison
     from synthloop.experiments import resume_run
     from synthloop.progress import RunProgress, fan_out
 
+    if is_comparison(run_dir):  # a `compare --out` folder: finish its cells, then its table
+        _resume_comparison(run_dir)
+        return
     with clear_errors(), _interruptible(run_dir), RunProgress() as progress, \
             _trackers(run_dir.name, tensorboard, mlflow) as trackers:
         cfg, history = resume_run(run_dir, report=fan_out(progress, *trackers), open_store=open_store)
@@ -177,6 +181,13 @@ def _print_outcome(history: list[IterationRecord], budget: float, unit: str, run
         console.print("final: " + ", ".join(f"{k}={v:.6g}" for k, v in last.eval.items()))
 
 
+WorkersOpt = Annotated[int | None, typer.Option(
+    min=1, help="Cells run at the same time, in local processes (default 1), or as Ray tasks with --ray "
+                "(default: the cluster's CPUs).")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", help="Run the cells as Ray tasks: 'local' starts Ray here, or give a cluster's address.")]
+
+
 @app.command()
 def compare(
     config: ConfigArg,
@@ -186,11 +197,16 @@ def compare(
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per schedule.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/NAME-compare).")] = None,
     store: Annotated[str, typer.Option(help="Candidates to keep in each run: none, selected, all.")] = "none",
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
-    """Run several schedules at the same total budget over seeds; write a table and a plot."""
-    from rich.progress import Progress
+    """Run several schedules at the same total budget over seeds; write a table and a plot.
 
-    from synthloop.experiments import compare as run_compare
+    Run again with the same --out (or `synthloop resume OUT`) to finish an interrupted comparison:
+    finished runs are kept, unfinished ones resume from their last commit.
+    """
+    from synthloop.compare_progress import CompareProgress
+    from synthloop.comparisons import compare as run_compare
 
     if store not in ("none", "selected", "all"):
         typer.echo(f"synthloop: --store must be none, selected or all (got {store!r})", err=True)
@@ -202,15 +218,38 @@ def compare(
         names = [s.strip() for s in schedules.split(",") if s.strip()] if schedules is not None else None
         if names is not None and not names:
             raise ConfigError("--schedules: give at least one schedule name")
-        n_seeds = seeds or cfg.compare.seeds
         folder = out or child_path(Path("runs"), f"{cfg.name}-compare")
-        total = len(names or cfg.compare.schedules) * n_seeds
-        with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
-            task = bar.add_task("runs", total=total)
-            summary = run_compare(cfg, schedules=names, seeds=n_seeds, out=folder, store_candidates=store,
-                                  progress=lambda name, k: bar.advance(task), open_store=open_store)
+        with _compare_interruptible(folder), CompareProgress() as progress:
+            summary = run_compare(cfg, schedules=names, seeds=seeds or cfg.compare.seeds, out=folder,
+                                  store_candidates=store, workers=workers, ray=ray, progress=progress,
+                                  open_store=open_store)
+    _print_compare_outcome(summary, folder)
+
+
+def _print_compare_outcome(summary: dict[str, Any], folder: Path) -> None:
     _print_summary(summary)
     console.print(f"table: {folder / 'table.md'}  plot: {folder / 'compare.png'}  runs: {folder / 'runs'}")
+
+
+@contextmanager
+def _compare_interruptible(folder: Path) -> Iterator[None]:
+    """Ctrl-C on a comparison: finished cells are kept; say how to finish the rest, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"synthloop: interrupted; finished cells are kept in {folder}; `synthloop resume {folder}` "
+                   "finishes the comparison", err=True)
+        raise typer.Exit(130) from None
+
+
+def _resume_comparison(folder: Path) -> None:
+    """``synthloop resume OUT`` on a comparison folder: finish its cells, then the table."""
+    from synthloop.compare_progress import CompareProgress
+    from synthloop.comparisons import resume_compare
+
+    with clear_errors(), _compare_interruptible(folder), CompareProgress() as progress:
+        summary = resume_compare(folder, progress=progress, open_store=open_store)
+    _print_compare_outcome(summary, folder)
 
 
 @app.command()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import math
 import platform
 import subprocess
@@ -20,22 +19,19 @@ import yaml
 from synthloop.configs import (
     ConfigError,
     RunConfig,
-    ScheduleConfig,
     family_for,
     loop_settings,
     make_planner,
     parse_config,
     to_yaml,
-    with_schedule,
 )
 from synthloop.loop import Components, Report, run
-from synthloop.names import child_path
 from synthloop.policies import PromptScorer, make_prompt_policy
 from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
 from synthloop.thirdparty import THIRDPARTY_LOG, routed
 from synthloop.training_set import LabeledSource, make_training_set
-from synthloop.yamlio import load_yaml, shown
+from synthloop.yamlio import load_yaml
 
 PACKAGES = ("synthloop", "numpy", "pyarrow", "pydantic", "torch", "transformers", "diffusers", "peft", "trl")
 
@@ -148,87 +144,6 @@ class Trajectory:
     metrics: list[float]
     n_selected: list[int]
     budget_used: float
-
-
-def compare(
-    config: RunConfig,
-    *,
-    schedules: Sequence[str] | None,
-    seeds: int,
-    out: Path,
-    store_candidates: str = "none",
-    report: Report | None = None,
-    progress: Any = None,
-    open_store: RunStoreFactory = RunStore,
-) -> dict[str, Any]:
-    """Run each named schedule of ``config.compare`` over ``seeds`` seeds at the same total budget."""
-    if config.compare is None:
-        raise ConfigError("compare: the config has no 'compare' section naming the schedules")
-    names = list(schedules or config.compare.schedules)
-    variants = _variants(config, config.compare.schedules, names, seeds=seeds, store_candidates=store_candidates)
-    runs = child_path(out, "runs", what="--out")
-    trajectories: list[Trajectory] = []
-    initial: float | None = None
-    for name in names:
-        for k, variant in enumerate(variants[name]):
-            components = build_components(variant)
-            task = components.task
-            run_dir = child_path(child_path(runs, name, what="compare.schedules"), f"seed-{k}")
-            history = run_config(variant, run_dir=run_dir, overwrite=True, report=report,
-                                 components=components, open_store=open_store)
-            initial = _initial(run_dir, task.primary_metric)
-            trajectories.append(_trajectory(name, config.seed + k, history, task.primary_metric,
-                                            config.budget.total))
-            if progress is not None:
-                progress(name, k)
-    summary = summarize(trajectories, metric=task.primary_metric, higher_is_better=task.higher_is_better,
-                        budget=config.budget.total, initial=initial)
-    summary["config"] = config.name
-    summary["schedules"] = {n: config.compare.schedules[n].model_dump(mode="json") for n in names}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(
-        {**summary, "trajectories": [t.__dict__ for t in trajectories]}, indent=1))
-    (out / "table.md").write_text(markdown_table(summary))
-    from synthloop.report import plot_comparison
-
-    plot_comparison(trajectories, summary, out / "compare.png")
-    return summary
-
-
-def _initial(run_dir: Path, metric: str) -> float:
-    committed = RunStore(run_dir).manifest().initial
-    assert committed is not None  # run_config commits it first
-    return committed.metrics[metric]
-
-
-def _variants(config: RunConfig, schedules: Mapping[str, ScheduleConfig], names: Sequence[str], *,
-              seeds: int, store_candidates: str) -> dict[str, list[RunConfig]]:
-    """Each named schedule's runs, one per seed; every plan is checked before anything is written."""
-    unknown = [n for n in names if n not in schedules]
-    if unknown:
-        raise ConfigError(
-            f"--schedules: unknown schedule {shown(unknown[0])}; the config names {', '.join(schedules)}"
-        )
-    loop = config.loop.model_copy(update={"store_candidates": store_candidates})
-    variants = {name: [with_schedule(config, schedules[name], seed=config.seed + k,
-                                     name=f"{config.name}-{name}-seed{k}").model_copy(update={"loop": loop})
-                       for k in range(seeds)] for name in names}
-    for runs in variants.values():
-        make_planner(runs[0])
-    return variants
-
-
-def _trajectory(name: str, seed: int, history: Sequence[IterationRecord], metric: str,
-                budget: float) -> Trajectory:
-    evaluated = [m for m in history if metric in m.eval]
-    return Trajectory(
-        schedule=name,
-        seed=seed,
-        costs=[m.cumulative_cost for m in evaluated],
-        metrics=[m.eval[metric] for m in evaluated],
-        n_selected=[m.n_selected for m in history],
-        budget_used=(history[-1].cumulative_cost / budget) if history else 0.0,
-    )
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
