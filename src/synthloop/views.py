@@ -80,6 +80,63 @@ def _summary(store: RunStore, *, content: bool) -> RunSummary:
     )
 
 
+@dataclass(frozen=True)
+class DiskUse:
+    """Bytes a run directory takes on disk, by part. ``checkpoints``: every ``iter-*/checkpoint/``
+    (``n_checkpoints`` of them; pruning keeps few, see ``docs/run-directory.md``); ``logs``: ``*.log``
+    files and ``logs/`` folders; ``store``: everything else (manifests, ledger, records, candidates,
+    selected sets, metrics, the config)."""
+
+    store: int
+    checkpoints: int
+    logs: int
+    n_checkpoints: int
+
+    @property
+    def total(self) -> int:
+        return self.store + self.checkpoints + self.logs
+
+    def line(self) -> str:
+        return (f"disk: {human_bytes(self.total)} (store {human_bytes(self.store)}, checkpoints "
+                f"{human_bytes(self.checkpoints)} in {self.n_checkpoints}, logs {human_bytes(self.logs)})")
+
+
+def disk_use(run_dir: Path) -> DiskUse:
+    """What ``run_dir`` takes on disk now (links are counted as links, never followed)."""
+    sizes = {"store": 0, "checkpoints": 0, "logs": 0}
+    checkpoints: set[str] = set()
+    for path in Path(run_dir).rglob("*"):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:  # a writer deleted it since the listing: it takes nothing now
+            continue
+        if not path.is_file() or path.is_symlink():
+            continue
+        parts = path.relative_to(run_dir).parts
+        if len(parts) > 2 and parts[0].startswith("iter-") and parts[1] == "checkpoint":
+            part = "checkpoints"
+            checkpoints.add(parts[0])
+        elif path.suffix == ".log" or "logs" in parts[:-1]:
+            part = "logs"
+        else:
+            part = "store"
+        sizes[part] += info.st_size
+    return DiskUse(**sizes, n_checkpoints=len(checkpoints))
+
+
+def human_bytes(size: float) -> str:
+    """``size`` bytes in the largest unit that keeps it at least 1 (powers of 1024).
+
+    >>> human_bytes(512), human_bytes(1536), human_bytes(4.6 * 2**30)
+    ('512 B', '1.5 KiB', '4.6 GiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def _schedule_label(schedule: Mapping[str, Any]) -> str:
     details = ", ".join(f"{k}={v}" for k, v in schedule.items() if k != "kind")
     return f"{schedule['kind']}({details})"
