@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from synthloop.yamlio import load_yaml
 class RunSummary:
     path: Path
     name: str
-    task: str  # the task section, as text: runs compared in one report must share it
+    task: str  # the task section, as JSON text: runs compared in one report must share it
     primary: str  # the metric runs are compared on
     higher_is_better: bool | None
     budget: float
@@ -44,6 +44,12 @@ class RunSummary:
     open_parts: int  # committed parts of an iteration in progress
     finished: bool
     ledger: list[dict[str, Any]]
+    schedule_config: dict[str, Any] = field(default_factory=dict)  # the schedule section as written
+
+    @property
+    def task_label(self) -> str:
+        """The task section for a reader: ``gaussian: theta0 [3, 3], sigma 1, kappa 1``."""
+        return section_label(json.loads(self.task) or {})
 
     @property
     def status(self) -> str:
@@ -73,10 +79,10 @@ def _summary(store: RunStore, *, content: bool) -> RunSummary:
         primary=initial.primary_metric if initial else "",
         higher_is_better=initial.higher_is_better if initial else None,
         budget=float(config["budget"]["total"]), unit=str(config["budget"].get("unit", "samples")),
-        schedule=_schedule_label(config["schedule"]), initial=dict(initial.metrics) if initial else {},
+        schedule=section_label(config["schedule"]), initial=dict(initial.metrics) if initial else {},
         iterations=[store.metrics(e.iteration) for e in manifest.iterations],
         open_parts=len(open_.parts) if open_ else 0, finished=manifest.finished,
-        ledger=store.ledger().to_pylist(),
+        ledger=store.ledger().to_pylist(), schedule_config=dict(config["schedule"]),
     )
 
 
@@ -137,9 +143,34 @@ def human_bytes(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _schedule_label(schedule: Mapping[str, Any]) -> str:
-    details = ", ".join(f"{k}={v}" for k, v in schedule.items() if k != "kind")
-    return f"{schedule['kind']}({details})"
+MAX_LABEL = 120  # characters of a section's label; the report shows the whole section on hover
+
+
+def section_label(section: Mapping[str, Any]) -> str:
+    """A config section as a reader wants it: its kind, then each setting as ``key value``.
+
+    >>> section_label({"kind": "exponential", "growth": 1.0, "n0": "auto", "iterations": 6})
+    'exponential: growth 1, n0 auto, iterations 6'
+    >>> section_label({"kind": "math", "levels": [{"name": "add2"}, {"name": "add3"}], "shots": 0})
+    'math: levels add2 + add3, shots 0'
+    """
+    settings = ", ".join(f"{key} {_compact(value)}" for key, value in section.items() if key != "kind")
+    text = f"{section.get('kind', '?')}" + (f": {settings}" if settings else "")
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 3] + "..."
+
+
+def _compact(value: Any, depth: int = 0) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) and "name" in v for v in value):
+            return " + ".join(str(v["name"]) for v in value)  # named parts (a task's levels)
+        return "[" + ", ".join(_compact(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{...}" if depth > 0 else "{" + ", ".join(f"{k} {_compact(v, 1)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def export_selected(run_dir: Path, *, iteration: int, out: Path) -> int:
