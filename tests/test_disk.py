@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -51,10 +52,8 @@ def test_a_long_run_keeps_only_the_checkpoints_resume_and_repair_need(tmp_path: 
 
     # Stopped in iteration 5 (its training fails), then resumed: pruned as it went, and exact.
     run_dir = tmp_path / "stopped"
-    try:
+    with pytest.raises(OSError, match="injected"):
         run_config(config, run_dir=run_dir, open_store=stores(failing_at("train:6")))
-    except OSError:
-        pass
     assert len(RunStore(run_dir).manifest().iterations) == 5 and checkpoint_folders(run_dir) == [3, 4]
     resume_run(run_dir, open_store=FAST)
     assert snapshot(run_dir) == expected and checkpoint_folders(run_dir) == [4, 6, 7]
