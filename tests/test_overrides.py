@@ -4,6 +4,7 @@ another config, and validation that lists every problem."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -31,8 +32,8 @@ def test_set_and_budget_reach_the_run_and_its_config_so_resume_uses_them(tmp_pat
     assert "3 iterations, spent 700 of 700 samples" in done.stdout
     run_dir = tmp_path / "a" / "small"
     config = config_from_run_text(RunStore(run_dir).config_text())
-    assert (config.budget.total, config.schedule.iterations, config.task.params()["theta0"], config.compare) == (
-        700.0, 3, [2.5, 2.0], None)
+    assert (config.budget.total, config.schedule.model_dump()["iterations"], config.task.params()["theta0"],
+            config.compare) == (700.0, 3, [2.5, 2.0], None)
     # The same command stopped after one iteration (an injected I/O error), then resumed.
     cut = cli("run", EXAMPLE, "--runs-dir", tmp_path / "b", *shrink, check=False,
               env={**FAST, "SYNTHLOOP_FAULT_OSERROR": "train:2:EIO"})
@@ -91,7 +92,7 @@ def test_an_invalid_override_through_the_real_entry_point(tmp_path: Path) -> Non
 
 
 def test_overrides_apply_in_order_walk_lists_and_keys_with_dots() -> None:
-    data = {"task": {"theta0": [1.0, 2.0]}, "compare": {"schedules": {"exponential-0.5": {"growth": 0.5}}}}
+    data: dict[str, Any] = {"task": {"theta0": [1.0, 2.0]}, "compare": {"schedules": {"exponential-0.5": {"growth": 0.5}}}}
     changed = apply_overrides(data, [parse_override(t) for t in (
         "task.theta0.1=7", "compare.schedules.exponential-0.5.growth=2", "seed=3", "seed=4", "model.kind=x")])
     assert changed == {"task": {"theta0": [1.0, 7]}, "compare": {"schedules": {"exponential-0.5": {"growth": 2}}},

@@ -7,6 +7,7 @@ import math
 import re
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_the_plotted_band_is_clamped_to_the_metric_range() -> None:
 
 
 def test_a_schedule_has_the_same_colour_whatever_else_is_listed_and_stages_are_grey() -> None:
-    sections = {"T6": {"kind": "constant", "iterations": 6}, "T12": {"kind": "constant", "iterations": 12},
+    sections: dict[str, dict[str, Any]] = {"T6": {"kind": "constant", "iterations": 6}, "T12": {"kind": "constant", "iterations": 12},
                 "exp": {"kind": "exponential", "growth": 1.0}, "opt": {"kind": "gaussian_optimal"}}
     colours = schedule_colours(sections)
     assert schedule_colours(dict(reversed(sections.items()))) == colours  # the order listed does not matter

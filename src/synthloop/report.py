@@ -347,8 +347,8 @@ def _page(runs: Sequence[Any], notes: Sequence[str], figures: Sequence[tuple[str
     head = ("<!doctype html><html><head><meta charset='utf-8'><title>synthloop report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
-            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}"
-            "td.text{text-align:left}td.name{white-space:nowrap}.caption{color:#555;font-size:13px;margin-top:.2em;max-width:760px}"
+            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}"
+            "th{background:#f3f3f3;text-align:left}td.text{text-align:left;white-space:normal}td.name{white-space:nowrap}.caption{color:#555;font-size:13px;margin-top:.2em;max-width:760px}"
             ".swatch{display:inline-block;width:.8em;height:.8em;margin-right:.4em;border-radius:2px}"
             ".warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em}img{max-width:100%}"
             "</style></head><body>")
