@@ -108,7 +108,7 @@ def test_the_page_has_readable_columns_and_a_caption_under_each_plot(runs: list[
     html_report(runs, out)
     page = out.read_text()
     cells = [unescape(c) for c in re.findall(r"<td class='text'[^>]*>([^<]*)</td>", page)]
-    assert "gaussian: kappa 1, sigma 1, theta0 [2, 2]" in cells
+    assert "gaussian: theta0 [2, 2], sigma 1, kappa 1" in cells
     assert "constant: n0 auto, iterations 4" in cells
     assert [c for c in cells if c.startswith("exponential: ")] == ["exponential: n0 auto, iterations 4, growth 1"]
     assert not any("{" in c or '"' in c for c in cells)  # no JSON in the table

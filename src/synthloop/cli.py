@@ -289,7 +289,7 @@ def check(run_dir: RunDirArg) -> None:
 
 @app.command()
 def inspect(run_dir: RunDirArg) -> None:
-    """Show a run's iterations: n_t, N_t, acceptance, budget used and metrics."""
+    """Show a run's iterations (n_t, N_t, acceptance, budget used, metrics) and its disk use."""
     from synthloop.views import disk_use, run_summary
 
     with clear_errors():

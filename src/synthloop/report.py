@@ -266,6 +266,20 @@ def _label(run: Any) -> str:
     return str(run.name)
 
 
+def _plain_axes(ax: Any, *, integer_x: bool) -> None:
+    """Iterations on whole-number ticks, and log-axis labels as plain numbers (``40``, not ``4 x 10^1``)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.get_yscale() == "log":
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        few_decades = high < 100 * low  # with many decades the powers of ten are enough
+        ax.yaxis.set_minor_formatter(FuncFormatter(
+            lambda value, _: f"{value:g}" if few_decades and f"{value:g}"[0] in "25" else ""))
+
+
 def _plot_metric_vs_cost(plt: Any, runs: Sequence[Any], styles: Sequence[dict[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
     metric = runs[0].primary
@@ -299,6 +313,7 @@ def _plot_counts(plt: Any, runs: Sequence[Any], styles: Sequence[dict[str, Any]]
         ax.set_title(title)
         if any(m["n_selected"] > 0 for r in runs for m in r.iterations):
             ax.set_yscale("log")
+        _plain_axes(ax, integer_x=True)
         ax.grid(alpha=0.3)
     _legend(right)
     fig.tight_layout()
@@ -313,6 +328,7 @@ def _plot_acceptance(plt: Any, runs: Sequence[Any], styles: Sequence[dict[str, A
     ax.set_xlabel("iteration")
     ax.set_ylabel("acceptance rate n_t / N_t")
     ax.set_ylim(0, 1.05)
+    _plain_axes(ax, integer_x=True)
     ax.grid(alpha=0.3)
     _legend(ax)
     fig.tight_layout()

@@ -45,11 +45,12 @@ class RunSummary:
     finished: bool
     ledger: list[dict[str, Any]]
     schedule_config: dict[str, Any] = field(default_factory=dict)  # the schedule section as written
+    task_config: dict[str, Any] = field(default_factory=dict)  # the task section, in the config's order
 
     @property
     def task_label(self) -> str:
         """The task section for a reader: ``gaussian: theta0 [3, 3], sigma 1, kappa 1``."""
-        return section_label(json.loads(self.task) or {})
+        return section_label(self.task_config or json.loads(self.task) or {})
 
     @property
     def status(self) -> str:
@@ -83,6 +84,7 @@ def _summary(store: RunStore, *, content: bool) -> RunSummary:
         iterations=[store.metrics(e.iteration) for e in manifest.iterations],
         open_parts=len(open_.parts) if open_ else 0, finished=manifest.finished,
         ledger=store.ledger().to_pylist(), schedule_config=dict(config["schedule"]),
+        task_config=dict(config.get("task") or {}),
     )
 
 
