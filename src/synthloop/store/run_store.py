@@ -237,13 +237,13 @@ class RunStore:
         obsolete = [*pruned, *sorted(set(obsolete) - {f.path for f in files}), journal_path(iteration)]
         self._commit(manifest.model_copy(update={"iterations": iterations,
                                                  "files": {**manifest.files, LEDGER: ledger}}), obsolete)
-        for before, after in zip(manifest.iterations, iterations, strict=False):
-            if before.checkpoint is not None and after.checkpoint is None:  # pruned now: its empty
-                remove_empty_folders(self.root / iteration_dir(before.iteration) / "checkpoint")  # folders too
         self._records[iteration] = record
         self._ledger_rows = rows
         self._open, self._open_read = None, True
         self._roll_forward_ledger()
+        for before, after in zip(manifest.iterations, iterations, strict=False):  # last: readers wait for
+            if before.checkpoint is not None and after.checkpoint is None:  # the ledger, not for this
+                remove_empty_folders(self.root / iteration_dir(before.iteration) / "checkpoint")
 
     def mark_finished(self) -> None:
         """Record that the run's plan or budget is exhausted."""
