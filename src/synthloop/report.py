@@ -274,10 +274,19 @@ def _plain_axes(ax: Any, *, integer_x: bool) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_yscale() == "log":
         low, high = ax.get_ylim()
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: plain_number(value)))
         few_decades = high < 100 * low  # with many decades the powers of ten are enough
         ax.yaxis.set_minor_formatter(FuncFormatter(
-            lambda value, _: f"{value:g}" if few_decades and f"{value:g}"[0] in "25" else ""))
+            lambda value, _: plain_number(value) if few_decades and f"{value:g}"[0] in "25" else ""))
+
+
+def plain_number(value: float) -> str:
+    """A tick label: whole numbers with thousands separators, others as ``%g``.
+
+    >>> plain_number(1e6), plain_number(20.0), plain_number(0.001)
+    ('1,000,000', '20', '0.001')
+    """
+    return f"{int(value):,}" if 1 <= value < 1e12 and value == int(value) else f"{value:g}"
 
 
 def _plot_metric_vs_cost(plt: Any, runs: Sequence[Any], styles: Sequence[dict[str, Any]]) -> Any:
