@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synthloop.configs import ConfigError, load_config, make_planner
+from synthloop.configs import ConfigError, RunConfig, config_differences, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
 from synthloop.records import IterationRecord
@@ -49,10 +49,24 @@ RunDirArg = Annotated[Path, typer.Argument(help="A run directory (RUNS_DIR/NAME)
 TensorBoardOpt = Annotated[
     Path | None, typer.Option(help="Also log per-iteration metrics to this TensorBoard log folder.")
 ]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY.PATH=VALUE", show_default=False,
+                 help="Change one config value, checked like the file (repeatable): --set loop.max_iterations=3, "
+                      "--set 'schedule={kind: constant, n0: auto, iterations: 4}'."),
+]
+BudgetOpt = Annotated[
+    str | None, typer.Option(metavar="TOTAL", show_default=False, help="The total budget: --set budget.total=TOTAL.")
+]
 MlflowOpt = Annotated[
     str | None,
     typer.Option(help="Also log to MLflow at this tracking URI (a folder, file:///... or sqlite:///...)."),
 ]
+
+
+def overrides(sets: list[str] | None, budget: str | None) -> list[str]:
+    """The ``--set`` overrides in order, then ``--budget`` as the override it stands for."""
+    return [*(sets or []), *([f"budget.total={budget}"] if budget is not None else [])]
 
 
 def open_store(root: Path) -> RunStore:
@@ -67,7 +81,8 @@ def clear_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as error:
-        typer.echo(f"synthloop: config error: {error}", err=True)
+        for problem in error.problems:  # one line each: a config with three mistakes names all three
+            typer.echo(f"synthloop: config error: {problem}", err=True)
         raise typer.Exit(2) from None
     except RunDirectoryError as error:
         typer.echo(f"synthloop: {error}", err=True)
@@ -78,10 +93,10 @@ def clear_errors() -> Iterator[None]:
 
 
 @app.command()
-def plan(config: ConfigArg) -> None:
+def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> None:
     """Print the per-iteration plan (n_t, expected N_t, cost) without running anything."""
     with clear_errors():
-        cfg = load_config(config)
+        cfg = load_config(config, overrides(set_, budget))
         planner = make_planner(cfg)
         rows = planner.plan()
     table = Table(title=f"{cfg.name}: plan for a budget of {cfg.budget.total:g} {cfg.budget.unit}")
@@ -104,20 +119,46 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = False,
     tensorboard: TensorBoardOpt = None,
     mlflow: MlflowOpt = None,
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
 ) -> None:
-    """Run a bootstrapping job; everything it produces goes to RUNS_DIR/NAME."""
+    """Run a bootstrapping job; everything it produces goes to RUNS_DIR/NAME (the resolved config,
+    overrides included, is its config.yaml: `resume` continues with it)."""
     from synthloop.experiments import run_config
     from synthloop.progress import RunProgress, fan_out
 
     with clear_errors():
-        cfg = load_config(config)
+        cfg = load_config(config, overrides(set_, budget))
         run_dir = child_path(runs_dir, cfg.name)
+        if not overwrite:
+            refuse_another_config(run_dir, cfg)
         make_planner(cfg)  # a plan that cannot run fails here, before a tracker writes its first file
         with _interruptible(run_dir), RunProgress() as progress, \
                 _trackers(cfg.name, tensorboard, mlflow) as trackers:
             history = run_config(cfg, run_dir=run_dir, report=fan_out(progress, *trackers),
                                  overwrite=overwrite, open_store=open_store)
     _print_outcome(history, cfg.budget.total, cfg.budget.unit, run_dir)
+
+
+def refuse_another_config(run_dir: Path, config: RunConfig) -> None:
+    """A run directory holding a run of a different config is not one to resume: say how they differ.
+
+    A directory whose config cannot be read is left to the store, which refuses it the usual way.
+    """
+    from synthloop.experiments import config_from_run_text
+
+    store = RunStore(run_dir)
+    if not store.holds_run():
+        return
+    try:
+        old = config_from_run_text(store.config_text(), source=str(run_dir / "config.yaml"))
+    except (ConfigError, RunDirectoryError, OSError):
+        return
+    differ = config_differences(old, config)
+    if differ:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run of a different config (it differs in {', '.join(differ)}), so "
+            f"it cannot be resumed with this one; choose another name (--set name=...) or --overwrite it")
 
 
 @contextmanager
@@ -199,6 +240,8 @@ def compare(
     store: Annotated[str, typer.Option(help="Candidates to keep in each run: none, selected, all.")] = "none",
     workers: WorkersOpt = None,
     ray: RayOpt = None,
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """Run several schedules at the same total budget over seeds; write a table and a plot.
 
@@ -212,7 +255,7 @@ def compare(
         typer.echo(f"synthloop: --store must be none, selected or all (got {store!r})", err=True)
         raise typer.Exit(2)
     with clear_errors():
-        cfg = load_config(config)
+        cfg = load_config(config, overrides(set_, budget))
         if cfg.compare is None:
             raise ConfigError("compare: the config has no 'compare' section naming the schedules")
         names = [s.strip() for s in schedules.split(",") if s.strip()] if schedules is not None else None
@@ -286,8 +329,8 @@ def check(run_dir: RunDirArg) -> None:
 
 @app.command()
 def inspect(run_dir: RunDirArg) -> None:
-    """Show a run's iterations: n_t, N_t, acceptance, budget used and metrics."""
-    from synthloop.views import run_summary
+    """Show a run's iterations (n_t, N_t, acceptance, budget used, metrics) and its disk use."""
+    from synthloop.views import disk_use, run_summary
 
     with clear_errors():
         summary = run_summary(run_dir, content=True)
@@ -305,6 +348,7 @@ def inspect(run_dir: RunDirArg) -> None:
     wide = console if console.is_terminal else Console(width=160)
     wide.print(table)
     wide.print(summary.status, soft_wrap=True)
+    wide.print(disk_use(run_dir).line(), soft_wrap=True)
 
 
 @app.command()

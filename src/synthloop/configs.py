@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -30,6 +30,7 @@ from pydantic import (
 from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, by_stage, check_priced, plan
 from synthloop.loop import LoopSettings, streaming
 from synthloop.names import check_name
+from synthloop.overrides import apply_overrides, parse_override
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.schedules import (  # noqa: F401  (re-exported: the config edge names every kind)
     ConstantSchedule,
@@ -132,7 +133,7 @@ class LoopConfig(Strict):
     store_candidates: Literal["all", "selected", "none"] = "all"
     max_iterations: Iterations | None = None
     max_draws_per_selected: Annotated[float, Field(gt=1, le=1e6)] = 10_000.0
-    keep_checkpoints: Annotated[int, Field(ge=1, le=MAX_ITERATIONS)] = 3
+    keep_checkpoints: Annotated[int, Field(ge=1, le=MAX_ITERATIONS)] = 2  # see runs.Journal
 
 
 class EvalConfig(Strict):
@@ -222,7 +223,7 @@ def validate_section(section: Section | None, model: type[BaseModel], where: str
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, prefix=where)) from None
+        raise ConfigError(*validation_problems(error, prefix=where)) from None
 
 
 def validate_kind(section: Section | None, models: Mapping[str, type[BaseModel]], where: str) -> Any:
@@ -241,9 +242,39 @@ _UNION_MEMBER = re.compile(r"^(?:constrained-|function-|literal\[|(?:dict|list|t
 
 
 def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
-    """One line: the field's dotted location, what is wrong, and the value given (cut short)."""
-    errors = error.errors()
-    first = max(errors, key=lambda e: len(e["loc"]))  # in a union, the member that got furthest
+    """The first problem of ``error`` as one line (:func:`validation_problems` gives them all)."""
+    return validation_problems(error, prefix=prefix)[0]
+
+
+def validation_problems(error: ValidationError, *, prefix: str = "") -> list[str]:
+    """Every problem of ``error``, one line each: the field's dotted location, what is wrong, and
+    the value given (cut short). A value that fits no member of a plain union is one problem, told
+    by the member that got furthest, not one per member."""
+    lines = [_problem(e, prefix) for e in _distinct(error.errors())]
+    return list(dict.fromkeys(lines))  # two members that fail the same way say it once
+
+
+def _distinct(errors: list[Any]) -> list[Any]:
+    """``errors`` less those of the union members that did not get furthest (see above)."""
+    def union_at(e: Any) -> int | None:
+        return next((i for i, p in enumerate(e["loc"]) if isinstance(p, str) and _UNION_MEMBER.match(p)), None)
+
+    furthest: dict[tuple[Any, ...], tuple[int, Any]] = {}
+    for e in errors:
+        i = union_at(e)
+        if i is not None:
+            key, depth = tuple(e["loc"][:i]), len(e["loc"])
+            if key not in furthest or depth > furthest[key][0]:
+                furthest[key] = (depth, e["loc"][i])
+    kept = []
+    for e in errors:
+        i = union_at(e)
+        if i is None or furthest[tuple(e["loc"][:i])][1] == e["loc"][i]:
+            kept.append(e)
+    return kept
+
+
+def _problem(first: Any, prefix: str) -> str:
     parts = [p for p in first["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p))]
     location = ".".join(one_key(p) for p in (prefix, *parts) if p != "")
     kind, message = first["type"], first["msg"].removeprefix("Value error, ")
@@ -262,8 +293,7 @@ def format_validation_error(error: ValidationError, *, prefix: str = "") -> str:
     elif kind == "is_instance_of" and "Path" in message:
         message = "Input should be a path (a string)"
     given = f" (got {shown(first.get('input'))})" if show_input else ""
-    more = f" [and {len(errors) - 1} more]" if len(errors) > 1 else ""
-    return f"{location or 'config'}: {message}{given}{more}"
+    return f"{location or 'config'}: {message}{given}"
 
 
 def one_key(part: object) -> str:
@@ -279,14 +309,30 @@ def parse_config(data: Any, *, source: str = "config") -> RunConfig:
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from None
+        raise ConfigError(*validation_problems(error)) from None
     family_for(config).validate(config)
     return config
 
 
-def load_config(path: Path) -> RunConfig:
-    """The validated config in the YAML file at ``path`` (see :mod:`synthloop.yamlio` for the file checks)."""
-    return parse_config(load_config_file(Path(path)), source=shown_path(path))
+def load_config(path: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The validated config in the YAML file at ``path`` (see :mod:`synthloop.yamlio` for the file
+    checks), with ``overrides`` (``key.path=value``, :mod:`synthloop.overrides`) applied first."""
+    parsed = [parse_override(text) for text in overrides]  # a malformed one fails before the file is read
+    return parse_config(apply_overrides(load_config_file(Path(path)), parsed), source=shown_path(path))
+
+
+def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    """The top-level keys whose values differ between two configs (in the order of the schema).
+
+    >>> from synthloop.yamlio import load_yaml
+    >>> a = parse_config(load_yaml(
+    ...     "{name: g, task: {kind: gaussian, theta0: [1.0]}, learner: {kind: mle}, schedule: {kind: constant, n0: 5},"
+    ...     " budget: {total: 50}}", source="a"))
+    >>> config_differences(a, a.model_copy(update={"seed": 3}))
+    ['seed']
+    """
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    return [key for key in RunConfig.model_fields if before.get(key) != after.get(key)]
 
 
 # -- from config to loop objects ---------------------------------------------------------------

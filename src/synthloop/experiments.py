@@ -26,6 +26,7 @@ from synthloop.configs import (
     to_yaml,
 )
 from synthloop.loop import Components, Report, run
+from synthloop.metric_ranges import clamp_interval
 from synthloop.policies import PromptScorer, make_prompt_policy
 from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
@@ -164,6 +165,7 @@ def summarize(trajectories: Sequence[Trajectory], *, metric: str, higher_is_bett
     for name in dict.fromkeys(t.schedule for t in trajectories):
         runs = [t for t in trajectories if t.schedule == name and t.metrics]
         mean, lo, hi = mean_interval([t.metrics[-1] for t in runs])
+        lo, hi = clamp_interval(lo, hi, metric)  # a gap's interval never reaches below 0
         rows.append({
             "schedule": name,
             "final_mean": mean,

@@ -53,7 +53,7 @@ class LoopSettings:
     store_candidates: Literal["all", "selected", "none"] = "all"
     eval_every: int = 1
     max_draws_per_selected: float = 10_000.0  # give up on an iteration whose acceptance is ~0
-    keep_checkpoints: int = 3  # checkpoints kept in the run directory (the last K iterations)
+    keep_checkpoints: int = 2  # checkpoints kept in the run directory (the last K; runs.Journal)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,11 @@ class Journal:
 
     Checkpoints kept: those of the last ``keep_checkpoints`` iterations, and of every
     ``sparse_every``-th iteration (the 5th, 10th, ...), so that a repair of damage in iteration i
-    rolls back at most ``sparse_every`` iterations before i.
+    rolls back at most ``sparse_every`` iterations before i; the others are deleted at the commit
+    that drops them. Two recent ones (the default) are what resume and repair need: resume loads the
+    last, and a repair of damage to the last committed iteration (the one written most recently)
+    rolls back to the one before. A checkpoint holds a whole model with its optimizer state, so
+    each one more costs that much disk (a full SmolLM2 fine-tune: about 1.5 GB).
     """
 
     def __init__(self, store: RunStore | None, *, store_candidates: str, keep_checkpoints: int,

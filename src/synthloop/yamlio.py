@@ -10,8 +10,9 @@ between), decoded as UTF-8, and parsed with a ``SafeLoader`` that
 - reads ``1e9`` as a float, as YAML 1.2 does (YAML 1.1 wants ``1.0e+9`` and reads ``1e9`` as a
   string), and leaves dates as strings (``name: 2024-01-01`` is a name, not a date).
 
-Every message of :class:`ConfigError` is one line of at most ``MAX_MESSAGE`` characters, and
-echoed values are cut to ``MAX_SHOWN`` (:func:`shown`).
+Each problem a :class:`ConfigError` names is one line of at most ``MAX_MESSAGE`` characters
+(validation lists every problem it found, one a line, at most ``MAX_PROBLEMS``), and echoed values
+are cut to ``MAX_SHOWN`` (:func:`shown`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,23 @@ MAX_SHOWN = 80  # characters of an echoed value
 MAX_MESSAGE = 250  # characters of a whole message (the CLI adds a short prefix)
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line naming the field or the file."""
+MAX_PROBLEMS = 20  # problems a ConfigError lists; past these, one line says how many more
 
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message, MAX_MESSAGE))
+
+class ConfigError(ValueError):
+    """A config that cannot run: one line per problem, each naming the field or the file.
+
+    Most errors are one problem. Validation gives every problem it found (``ConfigError(*lines)``),
+    at most ``MAX_PROBLEMS`` of them and then ``... and N more``; each line is cut to
+    ``MAX_MESSAGE`` characters with its control characters escaped, so a line is never two.
+    """
+
+    def __init__(self, message: str, *more: str) -> None:
+        lines = [one_line(text, MAX_MESSAGE) for text in (message, *more)[:MAX_PROBLEMS]]
+        if len(more) + 1 > MAX_PROBLEMS:
+            lines.append(f"... and {len(more) + 1 - MAX_PROBLEMS} more")
+        self.problems: tuple[str, ...] = tuple(lines)
+        super().__init__("\n".join(lines))
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

@@ -241,6 +241,9 @@ class RunStore:
         self._ledger_rows = rows
         self._open, self._open_read = None, True
         self._roll_forward_ledger()
+        for before, after in zip(manifest.iterations, iterations, strict=False):  # last: readers wait for
+            if before.checkpoint is not None and after.checkpoint is None:  # the ledger, not for this
+                remove_empty_folders(self.root / iteration_dir(before.iteration) / "checkpoint")
 
     def mark_finished(self) -> None:
         """Record that the run's plan or budget is exhausted."""
@@ -554,6 +557,18 @@ class RunStore:
         if checkpoint.layout == "learner":
             return {"learner": base}
         return {name: base / name for name in checkpoint.names}
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Delete ``folder`` and the folders below it that hold no file (a component that saved
+    nothing leaves an empty folder in its checkpoint); a folder holding a file stays, with it."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            remove_empty_folders(child)
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _check_sequence(root: Path, path: Path, manifest: Manifest) -> None:
