@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthloop.budget import AdaptivePlanner
 from synthloop.configs import ConfigError, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
@@ -94,6 +95,8 @@ def plan(config: ConfigArg) -> None:
     console.print(f"{len(rows)} iterations; plan uses {used:.6g} of {cfg.budget.total:g} "
                   f"({100 * used / cfg.budget.total:.1f}%), assuming acceptance rate "
                   f"{planner.acceptance_rate:g}")
+    if isinstance(planner, AdaptivePlanner):
+        console.print(f"{planner.describe()}: only this prefix is known before the run")
 
 
 @app.command()

@@ -27,11 +27,22 @@ from pydantic import (
     model_validator,
 )
 
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, by_stage, check_priced, plan
+from synthloop.budget import (
+    STAGES,
+    AdaptivePlanner,
+    AnyPlanner,
+    CostModel,
+    Planner,
+    UnitCosts,
+    by_stage,
+    check_priced,
+    plan,
+)
 from synthloop.loop import LoopSettings, streaming
 from synthloop.names import check_name
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.schedules import (  # noqa: F401  (re-exported: the config edge names every kind)
+    AdaptiveSchedule,
     ConstantSchedule,
     ExplicitSchedule,
     ExponentialSchedule,
@@ -290,7 +301,7 @@ def load_config(path: Path) -> RunConfig:
 # -- from config to loop objects ---------------------------------------------------------------
 
 
-def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> Planner:
+def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> AnyPlanner:
     """The planner for ``config`` (or for another schedule at the same budget, in a comparison).
 
     The plan is checked before it is returned: one that would run past ``MAX_ITERATIONS``, or plan
@@ -306,6 +317,10 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
         make = schedule.factory(family.schedule_defaults(settings))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if isinstance(schedule, AdaptiveSchedule):
+        return AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
+                               tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
+                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations

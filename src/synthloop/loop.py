@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from synthloop.budget import CostModel, Ledger, Planner, UnitCosts, by_stage, check_priced
+from synthloop.budget import AnyPlanner, CostModel, Ledger, UnitCosts, by_stage, check_priced
 from synthloop.events import Event, Finished, IterationDone, Started
 from synthloop.iteration import Iteration, rng_for
 from synthloop.policies import UniformPrompts
@@ -95,7 +95,7 @@ def streaming(mode: str | None, selector: Selector) -> bool:
 
 
 def run(
-    parts: Components, planner: Planner, costs: CostModel, settings: LoopSettings, *,
+    parts: Components, planner: AnyPlanner, costs: CostModel, settings: LoopSettings, *,
     seed: int, store: RunStore | None = None, report: Report | None = None,
 ) -> list[IterationRecord]:
     """Run until the budget or the plan ends; return each iteration's record.
@@ -114,6 +114,7 @@ def run(
     acceptance, unit_costs = planner.acceptance_rate, planner.unit_costs
     for record in history:  # what the planner had measured when the run stopped
         acceptance, unit_costs = measured(record, acceptance, unit_costs, parts.stages)
+        planner.observe(record)
     emit(Started(initial=initial, plan=planner.plan(), resumed=len(history), spent=ledger.spent,
                  total=ledger.total))
     while not (history and history[-1].ends_run):
@@ -128,6 +129,7 @@ def run(
         history.append(record)
         emit(IterationDone(record))
         acceptance, unit_costs = measured(record, acceptance, unit_costs, parts.stages)
+        planner.observe(record)
     journal.finish()
     emit(Finished(history=history, spent=ledger.spent))
     return history

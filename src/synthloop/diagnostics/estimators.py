@@ -86,7 +86,7 @@ def _sorted_distances(queries: Array, points: Array) -> Array:
     return np.sqrt(np.sort(np.maximum(d2, 0.0), axis=1))
 
 
-def _DIGAMMA(counts: npt.NDArray[np.int64]) -> Array:  # noqa: N802 - a vectorised psi on integers
+def _DIGAMMA(counts: npt.NDArray[np.int64]) -> Array:
     table = np.concatenate([[np.nan], -0.5772156649015329 + np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, counts.max()))])])
     return table[counts]
 

@@ -132,10 +132,17 @@ class GaussianLearner:
     def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
         if len(selected) == 0:
             return {"moved": 0.0}
-        target = selected.samples["x"].mean(axis=0)
+        x = selected.samples["x"]
+        target = x.mean(axis=0)
         previous = self.theta_
         self.theta_ = previous + self.step * (target - previous)
-        return {"moved": float(np.linalg.norm(self.theta_ - previous))}
+        moved = self.theta_ - previous
+        # per-sample updates step (x_i - theta): their summed variance and the squared norm of their
+        # mean, the statistics the adaptive schedule's norm test reads
+        metrics = {"moved": float(np.linalg.norm(moved)), "update_norm2": float(moved @ moved)}
+        if len(x) > 1:
+            metrics["update_variance"] = self.step**2 * float(x.var(axis=0, ddof=1).sum())
+        return metrics
 
     def save(self, directory: Path) -> None:
         (directory / "theta.json").write_text(json.dumps({"theta": self.theta_.tolist()}))
