@@ -95,7 +95,7 @@ def _record(t: int, n: int, generated: int, variance: float, norm2: float) -> It
         iteration=t, n_target=n, n_selected=n, n_generated=generated, n_parts=1, n_accepted=n,
         acceptance_rate=n / generated, verdicts={}, cost={}, seconds={}, iteration_cost=float(n),
         cumulative_cost=0.0, budget=0.0, cut=False, exhausted=False, selected_sha256="",
-        train={"update_variance": variance, "update_norm2": norm2}, eval={})
+        train={}, eval={}, update_statistics={"update_variance": variance, "update_norm2": norm2})
 
 
 def adaptive_run(problem: GaussianProblem, budget: float, tolerance: float, seed: int) -> tuple[float, list[int]]:

@@ -53,7 +53,7 @@ def test_a_run_grows_n_t_spends_the_budget_and_never_overspends() -> None:
     assert sizes[0] == 100  # the pilot: sqrt(10000)
     assert all(b >= a for a, b in itertools.pairwise(sizes)) and sizes[-1] > 10 * sizes[0]
     assert sum(sizes) == 10_000 and history[-1].cumulative_cost <= 10_000
-    assert all("update_variance" in r.train and "update_norm2" in r.train for r in history)
+    assert all("update_variance" in r.update_statistics and "update_norm2" in r.update_statistics for r in history)
     assert history[-1].eval["gap"] < 1e-3
 
 
@@ -62,8 +62,8 @@ def test_each_size_follows_the_rule_from_the_previous_record() -> None:
     spent = 0.0
     for before, after in itertools.pairwise(history):
         spent += before.n_selected
-        asked = before.train["update_variance"] / (0.49 * max(
-            before.train["update_norm2"], before.train["update_variance"] / before.n_selected))
+        asked = before.update_statistics["update_variance"] / (0.49 * max(
+            before.update_statistics["update_norm2"], before.update_statistics["update_variance"] / before.n_selected))
         wanted = max(before.n_selected, math.ceil(asked))
         remaining = 10_000 - spent
         expected = remaining if remaining < 2 * wanted else wanted

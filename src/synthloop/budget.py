@@ -422,7 +422,7 @@ def _scaled(base: Schedule, scale: float) -> Schedule:
 
 # -- the adaptive schedule: n_t from measured statistics, one scale-free tolerance -----------------
 
-UPDATE_VARIANCE, UPDATE_NORM2 = "update_variance", "update_norm2"  # keys a learner's metrics carry
+UPDATE_VARIANCE, UPDATE_NORM2 = "update_variance", "update_norm2"  # keys of a record's update_statistics
 
 
 def norm_test_size(variance: float, norm2: float, tolerance: float) -> float:
@@ -518,7 +518,7 @@ class AdaptivePlanner:
         return self.refit(next_iteration=0, spent=0.0, acceptance_rate=self.acceptance_rate)
 
     def observe(self, record: IterationRecord) -> None:
-        train = record.train
+        train = record.update_statistics
         self.observed[record.iteration] = Measured(
             record.n_selected, _finite(train.get(UPDATE_VARIANCE)), _finite(train.get(UPDATE_NORM2)),
             record.n_accepted, record.n_generated)

@@ -148,6 +148,14 @@ class EvalConfig(Strict):
     every: Iterations = 1
 
 
+class DiagnoseConfig(Strict):
+    """``diagnose: {max_samples: 500, reference_samples: 500}``: the optional diagnose stage
+    (``docs/diagnostics.md``); price it with ``budget.costs.diagnose`` (samples or seconds)."""
+
+    max_samples: Annotated[int, Field(ge=6, le=100_000)] = 500
+    reference_samples: Annotated[int, Field(ge=6, le=100_000)] = 500
+
+
 class CompareConfig(Strict):
     schedules: Annotated[dict[str, ScheduleConfig], Field(min_length=1)]
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 3
@@ -177,6 +185,7 @@ class RunConfig(Strict):
     budget: BudgetConfig
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
+    diagnose: DiagnoseConfig | None = None
     compare: CompareConfig | None = None
 
     @model_validator(mode="after")
@@ -344,7 +353,8 @@ def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     unit_costs = UnitCosts(
-        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items()
+                     if stage not in ("train", "diagnose")),
         per_selected=costs.per_unit("train", declared["train"]),
     )
     if not (unit_costs.per_draw > 0 or unit_costs.per_selected > 0):
@@ -387,6 +397,8 @@ def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str
     if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:
         declared["score"] = {"samples": config.prompt_policy.factor}
     declared["train"] = dict(family.usage_per_example(settings))
+    if config.diagnose is not None:
+        declared["diagnose"] = {"samples": 1.0}
     return declared
 
 

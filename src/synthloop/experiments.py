@@ -27,6 +27,7 @@ from synthloop.configs import (
     to_yaml,
     with_schedule,
 )
+from synthloop.diagnostics.stage import Diagnose
 from synthloop.loop import Components, Report, run
 from synthloop.names import child_path
 from synthloop.policies import PromptScorer, make_prompt_policy
@@ -50,6 +51,8 @@ def build_components(config: RunConfig) -> Components:
             config.training_set, source=task if isinstance(task, LabeledSource) else None)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.diagnose is not None:
+        components.diagnose = Diagnose(config.diagnose.max_samples, config.diagnose.reference_samples)
     return components
 
 

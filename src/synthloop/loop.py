@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from synthloop.budget import AnyPlanner, CostModel, Ledger, UnitCosts, by_stage, check_priced
+from synthloop.diagnostics.stage import Diagnose
 from synthloop.events import Event, Finished, IterationDone, Started
 from synthloop.iteration import Iteration, rng_for
 from synthloop.policies import UniformPrompts
@@ -76,6 +77,7 @@ class Components:
     training_set: TrainingSetPolicy = field(default_factory=ThisIteration)
     stages: Stages = Stages()
     verify_usage_per_candidate: Mapping[str, float] = field(default_factory=lambda: {"samples": 1.0})
+    diagnose: Diagnose | None = None  # the optional diagnose stage (``synthloop.diagnostics.stage``)
 
     def stateful(self) -> dict[str, Stateful]:
         """Every component with state, by the name of its checkpoint folder."""
@@ -145,6 +147,8 @@ def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, f
     declared.setdefault(stages.verify, {}).update(parts.verify_usage_per_candidate)
     declared.setdefault(stages.score, {}).update(parts.prompt_policy.usage_per_prompt())
     declared[stages.train] = dict(costs.prices.get(stages.train, {}))
+    if parts.diagnose is not None:
+        declared["diagnose"] = {"samples": 1.0}
     return declared
 
 
