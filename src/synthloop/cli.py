@@ -248,7 +248,8 @@ def check(run_dir: RunDirArg) -> None:
 
 
 @app.command()
-def inspect(run_dir: RunDirArg) -> None:
+def inspect(run_dir: RunDirArg, samples: Annotated[int, typer.Option(
+        min=0, help="Also print N kept and N rejected candidates per iteration.")] = 0) -> None:
     """Show a run's iterations: n_t, N_t, acceptance, budget used and metrics."""
     from synthloop.views import run_summary
 
@@ -268,6 +269,10 @@ def inspect(run_dir: RunDirArg) -> None:
     wide = console if console.is_terminal else Console(width=160)
     wide.print(table)
     wide.print(summary.status, soft_wrap=True)
+    if samples:
+        from synthloop.report_samples import terminal_samples
+        with clear_errors():
+            wide.print(terminal_samples(run_dir, samples), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

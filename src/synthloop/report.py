@@ -80,7 +80,8 @@ def html_report(run_dirs: Sequence[Path], out: Path) -> list[str]:
         ("Acceptance rate per iteration", _png(_plot_acceptance, runs)),
         ("Cost split by stage", _png(_plot_cost_split, runs)),
     ]
-    atomic_write_bytes(out, _page(runs, notes, figures).encode())
+    from synthloop.report_samples import html_sections
+    atomic_write_bytes(out, _page(runs, notes, figures).replace("</body>", html_sections(run_dirs) + "</body>").encode())
     return notes
 
 
