@@ -112,12 +112,14 @@ STYLE = ("<style>td.text{text-align:left;max-width:520px}td.text pre{white-space
 
 
 def _diagnostics_figure(runs: Sequence[tuple[str, list[dict[str, Any]]]]) -> str:
-    from synthloop.report import _pyplot
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     names = sorted({k for _, records in runs for m in records for k in m.get("diagnostics", {})})
     if not names:
         return ""
-    plt = _pyplot()
     cols = 3
     fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(10, 2.6 * ((len(names) + 2) // 3)),
                              dpi=100, squeeze=False)

@@ -72,11 +72,26 @@ class Diagnose:
         view = task.diagnostic_view(candidates, prompts)
         anchor, reference = task.diagnostic_reference(self.reference_samples, rng=rng)
         values = {**feature_diagnostics(view, anchor, reference), **text_diagnostics(view)}
-        return values, labels(values, view.space)
+        return values, labels(values, view.space + project(view, anchor, reference)[3])
+
+
+PROJECT_DIM = 8  # kNN estimates need n >> exp(d)-ish: wider features are projected first
+
+
+def project(view: View, anchor: View, reference: View) -> tuple[Any, Any, Any, str]:
+    """Features wider than ``PROJECT_DIM`` projected onto the reference's top principal axes (the
+    same axes for all three), so a few hundred points still give usable kNN estimates."""
+    x, a, r = view.features, anchor.features, reference.features
+    if x is None or r is None or x.shape[1] <= PROJECT_DIM:
+        return x, a, r, ""
+    centre = r.mean(axis=0)
+    axes = np.linalg.svd(r - centre, full_matrices=False)[2][:PROJECT_DIM].T
+    return ((x - centre) @ axes, None if a is None else (a - centre) @ axes, (r - centre) @ axes,
+            f", projected on the reference's top {PROJECT_DIM} principal axes")
 
 
 def feature_diagnostics(view: View, anchor: View, reference: View) -> dict[str, float]:
-    x = view.features
+    x, anchor_x, reference_x, _ = project(view, anchor, reference)
     if x is None or len(x) <= K:
         return {}
     out = {"dispersion": float(np.mean(np.sum(np.square(x - x.mean(axis=0)), axis=1))),
@@ -84,11 +99,11 @@ def feature_diagnostics(view: View, anchor: View, reference: View) -> dict[str, 
     distinct = np.unique(x, axis=0)
     if len(distinct) > K:  # the kNN estimators need K + 1 distinct points
         out["entropy"] = knn_entropy(x)
-        if reference.features is not None and len(reference.features) > K:
-            out["divergence_to_reference"] = knn_kl(x, reference.features)
-            out["divergence_from_reference"] = knn_kl(reference.features, x)
-            if anchor.features is not None and len(anchor.features) > K:
-                out["information_gain"] = knn_kl(anchor.features, reference.features) - out["divergence_to_reference"]
+        if reference_x is not None and len(reference_x) > K:
+            out["divergence_to_reference"] = knn_kl(x, reference_x)
+            out["divergence_from_reference"] = knn_kl(reference_x, x)
+            if anchor_x is not None and len(anchor_x) > K:
+                out["information_gain"] = knn_kl(anchor_x, reference_x) - out["divergence_to_reference"]
     return out
 
 
