@@ -16,8 +16,8 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from synthloop.records import Usage
-from synthloop.schedules import Schedule
+from synthloop.records import IterationRecord, Usage
+from synthloop.schedules import Schedule, constant
 
 STAGES = ("generate", "verify", "score", "label", "judge", "train", "diagnose")  # stages components declare
 TOLERANCE = 1e-12  # relative slack for float summation order; anything larger is a real overspend
@@ -362,6 +362,9 @@ class Planner:
             max_iterations=end,
         )
 
+    def observe(self, record: IterationRecord) -> None:
+        """A fixed family learns nothing from a record beyond acceptance and unit costs (``refit``)."""
+
     def refit(
         self, *, next_iteration: int, spent: float, acceptance_rate: float, unit_costs: UnitCosts | None = None
     ) -> list[PlannedIteration]:
@@ -415,3 +418,154 @@ def _rescaled_tail(
 
 def _scaled(base: Schedule, scale: float) -> Schedule:
     return Schedule(lambda t: scale * base.fn(t), f"{base.label} x{scale:.3g}")
+
+
+# -- the adaptive schedule: n_t from measured statistics, one scale-free tolerance -----------------
+
+UPDATE_VARIANCE, UPDATE_NORM2 = "update_variance", "update_norm2"  # keys of a record's update_statistics
+
+
+def norm_test_size(variance: float, norm2: float, tolerance: float) -> float:
+    """The sample size the norm test asks for: Var / (theta^2 ||g||^2) (Byrd, Chin, Nocedal, Wu 2012).
+
+    ``variance`` is the summed per-coordinate variance of the per-sample updates, ``norm2`` the
+    squared norm of their mean; then the sampling error of the mean update is at most ``tolerance``
+    times its length. No signal (``norm2 == 0``) asks for infinitely many.
+
+    >>> norm_test_size(4.0, 1.0, 0.5)
+    16.0
+    >>> norm_test_size(1.0, 0.0, 0.5)
+    inf
+    """
+    if not (variance >= 0 and norm2 >= 0 and tolerance > 0):
+        raise ValueError(f"need variance >= 0, norm2 >= 0, tolerance > 0; got {variance}, {norm2}, {tolerance}")
+    return math.inf if norm2 == 0 else variance / (tolerance**2 * norm2)
+
+
+def acceptance_lower_bound(accepted: int, drawn: int, z: float = 1.96) -> float:
+    """Wilson score lower bound on an acceptance rate: planning draws with it rarely under-plans.
+
+    >>> round(acceptance_lower_bound(50, 100), 3)
+    0.404
+    """
+    if drawn <= 0:
+        raise ValueError("no draws to bound an acceptance rate with")
+    p, n = accepted / drawn, drawn
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max((centre - spread) / (1 + z * z / n), 1e-6)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the adaptive planner keeps of one iteration (its whole state, one entry per iteration)."""
+
+    n_selected: int
+    variance: float | None
+    norm2: float | None
+    accepted: int
+    generated: int
+
+
+@dataclass
+class AdaptivePlanner:
+    """n_t grown by the norm test on the last iteration's per-sample update statistics.
+
+    Rule, per iteration t >= 1 (``docs/adaptive.md``):
+      n_t = max(n_{t-1}, ceil(Var / (tolerance^2 ||mean update||^2)))   (never shrinks);
+      draws are planned with a Wilson lower bound on the measured acceptance rate;
+      if what would remain after n_t could not pay for another iteration of at least n_t, n_t takes
+      the whole remaining budget (the last iteration); if n_t does not fit, it is cut to fit.
+    Iteration 0 is a pilot of ``n0`` (default ceil(sqrt(budget / cost per kept sample)), so it
+    scales with the budget and no growth base is chosen). ``tolerance`` is scale-free: the relative
+    error allowed in the mean update. State = one ``Measured`` per observed iteration, rebuilt by
+    ``observe`` from committed records on resume (or saved with ``to_json``), so a resumed run plans
+    exactly what an uninterrupted one would.
+    """
+
+    budget: float
+    unit_costs: UnitCosts
+    acceptance_rate: float
+    tolerance: float = 0.5
+    n0: float | None = None
+    max_iterations: int | None = None
+    z: float = 1.96
+    observed: dict[int, Measured] = field(default_factory=dict)
+    adapts = True
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a positive finite number, got {self.tolerance}")
+        if self.unit_costs.per_kept(1.0 / max(self.acceptance_rate, 1e-6)) <= 0:
+            raise ValueError("every stage is free: a budget cannot bound this run (price some stage)")
+
+    @property
+    def pilot(self) -> int:
+        per_kept = self.unit_costs.per_kept(1.0 / self.acceptance_rate)
+        return max(1, round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
+
+    def schedule(self) -> Schedule:
+        """The known prefix as a schedule: the pilot (later sizes are not known before the run)."""
+        pilot = constant(self.pilot)
+        return Schedule(pilot.fn, f"adaptive(tolerance={self.tolerance:g}, pilot={self.pilot})", n_iterations=1)
+
+    def describe(self) -> str:
+        return (f"adaptive: iteration 0 is a pilot of {self.pilot}; each later n_t comes from the norm test "
+                f"(tolerance {self.tolerance:g}) on the measured update statistics, the budget left and a "
+                "lower confidence bound on the measured acceptance rate")
+
+    def plan(self) -> list[PlannedIteration]:
+        return self.refit(next_iteration=0, spent=0.0, acceptance_rate=self.acceptance_rate)
+
+    def observe(self, record: IterationRecord) -> None:
+        train = record.update_statistics
+        self.observed[record.iteration] = Measured(
+            record.n_selected, _finite(train.get(UPDATE_VARIANCE)), _finite(train.get(UPDATE_NORM2)),
+            record.n_accepted, record.n_generated)
+
+    def refit(
+        self, *, next_iteration: int, spent: float, acceptance_rate: float, unit_costs: UnitCosts | None = None
+    ) -> list[PlannedIteration]:
+        """The next iteration only: later sizes depend on what it will measure."""
+        if self.max_iterations is not None and next_iteration >= self.max_iterations:
+            return []
+        last = self.observed.get(next_iteration - 1)
+        rate = acceptance_rate
+        if last is not None and last.generated > 0:
+            rate = min(rate, acceptance_lower_bound(last.accepted, last.generated, self.z))
+        per_kept = (unit_costs or self.unit_costs).per_kept(1.0 / min(1.0, max(rate, 1e-6)))
+        remaining = max(0.0, self.budget - spent)
+        affordable = math.floor(remaining / per_kept * (1 + TOLERANCE))
+        wanted = self.pilot if last is None else self._grown(last)
+        final = self.max_iterations is not None and next_iteration == self.max_iterations - 1
+        n, cut = int(min(wanted, affordable)), wanted > affordable
+        if final or remaining - wanted * per_kept < wanted * per_kept:
+            n = affordable  # no room for another iteration at least this large: spend the rest now
+        if n < 1:
+            return []
+        return [PlannedIteration(next_iteration, n, n / rate, n * per_kept, spent + n * per_kept, cut)]
+
+    def _grown(self, last: Measured) -> float:
+        if last.variance is None or last.norm2 is None or last.n_selected == 0:
+            return float(max(last.n_selected, self.pilot))  # no statistics: keep the size
+        # a squared mean below its own sampling noise Var/n is noise, not signal: floor it there, so
+        # one unlucky small ||g_S||^2 cannot ask for an unbounded sample (growth <= 1/tolerance^2)
+        norm2 = max(last.norm2, last.variance / last.n_selected)
+        wanted = norm_test_size(last.variance, norm2, self.tolerance)
+        return max(float(last.n_selected), float(min(math.ceil(wanted) if math.isfinite(wanted) else math.inf,
+                                                     1e18)))
+
+    def to_json(self) -> dict[str, object]:
+        return {"tolerance": self.tolerance, "observed": {str(t): vars(m) for t, m in self.observed.items()}}
+
+    def load_json(self, payload: Mapping[str, object]) -> None:
+        observed = payload["observed"]
+        assert isinstance(observed, Mapping)
+        self.observed = {int(t): Measured(**m) for t, m in observed.items()}
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+AnyPlanner = Planner | AdaptivePlanner  # what ``loop.run`` accepts

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthloop.budget import AdaptivePlanner
 from synthloop.configs import ConfigError, RunConfig, config_differences, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
@@ -110,6 +111,8 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
     console.print(f"{len(rows)} iterations; plan uses {used:.6g} of {cfg.budget.total:g} "
                   f"({100 * used / cfg.budget.total:.1f}%), assuming acceptance rate "
                   f"{planner.acceptance_rate:g}")
+    if isinstance(planner, AdaptivePlanner):
+        console.print(f"{planner.describe()}: only this prefix is known before the run")
 
 
 @app.command()
@@ -328,8 +331,9 @@ def check(run_dir: RunDirArg) -> None:
 
 
 @app.command()
-def inspect(run_dir: RunDirArg) -> None:
-    """Show a run's iterations (n_t, N_t, acceptance, budget used, metrics) and its disk use."""
+def inspect(run_dir: RunDirArg, samples: Annotated[int, typer.Option(
+        min=0, help="Also print N kept and N rejected candidates per iteration.")] = 0) -> None:
+    """Show a run's iterations (n_t, N_t, acceptance, budget used, metrics), its disk use, and samples."""
     from synthloop.views import disk_use, run_summary
 
     with clear_errors():
@@ -349,6 +353,10 @@ def inspect(run_dir: RunDirArg) -> None:
     wide.print(table)
     wide.print(summary.status, soft_wrap=True)
     wide.print(disk_use(run_dir).line(), soft_wrap=True)
+    if samples:
+        from synthloop.report_samples import terminal_samples
+        with clear_errors():
+            wide.print(terminal_samples(run_dir, samples), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

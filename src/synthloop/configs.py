@@ -27,12 +27,23 @@ from pydantic import (
     model_validator,
 )
 
-from synthloop.budget import STAGES, CostModel, Planner, UnitCosts, by_stage, check_priced, plan
+from synthloop.budget import (
+    STAGES,
+    AdaptivePlanner,
+    AnyPlanner,
+    CostModel,
+    Planner,
+    UnitCosts,
+    by_stage,
+    check_priced,
+    plan,
+)
 from synthloop.loop import LoopSettings, streaming
 from synthloop.names import check_name
 from synthloop.overrides import apply_overrides, parse_override
 from synthloop.policies import PromptPolicyConfig, UniformConfig, WeightedConfig
 from synthloop.schedules import (  # noqa: F401  (re-exported: the config edge names every kind)
+    AdaptiveSchedule,
     ConstantSchedule,
     ExplicitSchedule,
     ExponentialSchedule,
@@ -140,6 +151,14 @@ class EvalConfig(Strict):
     every: Iterations = 1
 
 
+class DiagnoseConfig(Strict):
+    """``diagnose: {max_samples: 500, reference_samples: 500}``: the optional diagnose stage
+    (``docs/diagnostics.md``); price it with ``budget.costs.diagnose`` (samples or seconds)."""
+
+    max_samples: Annotated[int, Field(ge=6, le=100_000)] = 500
+    reference_samples: Annotated[int, Field(ge=6, le=100_000)] = 500
+
+
 class CompareConfig(Strict):
     schedules: Annotated[dict[str, ScheduleConfig], Field(min_length=1)]
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 3
@@ -169,6 +188,7 @@ class RunConfig(Strict):
     budget: BudgetConfig
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
+    diagnose: DiagnoseConfig | None = None
     compare: CompareConfig | None = None
 
     @model_validator(mode="after")
@@ -338,7 +358,7 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
 # -- from config to loop objects ---------------------------------------------------------------
 
 
-def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> Planner:
+def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> AnyPlanner:
     """The planner for ``config`` (or for another schedule at the same budget, in a comparison).
 
     The plan is checked before it is returned: one that would run past ``MAX_ITERATIONS``, or plan
@@ -354,6 +374,10 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> P
         make = schedule.factory(family.schedule_defaults(settings))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if isinstance(schedule, AdaptiveSchedule):
+        return AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
+                               tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
+                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations
@@ -377,7 +401,8 @@ def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     unit_costs = UnitCosts(
-        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items() if stage != "train"),
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items()
+                     if stage not in ("train", "diagnose")),
         per_selected=costs.per_unit("train", declared["train"]),
     )
     if not (unit_costs.per_draw > 0 or unit_costs.per_selected > 0):
@@ -420,6 +445,8 @@ def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str
     if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:
         declared["score"] = {"samples": config.prompt_policy.factor}
     declared["train"] = dict(family.usage_per_example(settings))
+    if config.diagnose is not None:
+        declared["diagnose"] = {"samples": 1.0}
     return declared
 
 

@@ -25,6 +25,7 @@ from synthloop.configs import (
     parse_config,
     to_yaml,
 )
+from synthloop.diagnostics.stage import Diagnose
 from synthloop.loop import Components, Report, run
 from synthloop.metric_ranges import clamp_interval
 from synthloop.policies import PromptScorer, make_prompt_policy
@@ -49,6 +50,8 @@ def build_components(config: RunConfig) -> Components:
             config.training_set, source=task if isinstance(task, LabeledSource) else None)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.diagnose is not None:
+        components.diagnose = Diagnose(config.diagnose.max_samples, config.diagnose.reference_samples)
     return components
 
 

@@ -27,7 +27,7 @@ from synthloop.runs import Journal, Part, without_usage
 if TYPE_CHECKING:
     from synthloop.loop import Components, LoopSettings
 
-PROMPTS, GENERATE, SELECT, UPDATE, EVALUATE, TRAINING_SET = range(6)
+PROMPTS, GENERATE, SELECT, UPDATE, EVALUATE, TRAINING_SET, DIAGNOSE = range(7)
 
 
 def rng_for(seed: int, *key: int) -> np.random.Generator:
@@ -251,12 +251,15 @@ class Iteration:
 
     def _finish(self, *, cut: bool, exhausted: bool, started: float) -> IterationRecord:
         training = self._train()
+        diagnostics = self._diagnose()
         evaluation: dict[str, float] = {}
         if (self.t + 1) % self.settings.eval_every == 0 or cut:
             evaluation = self.parts.task.evaluate(self.parts.learner.model, rng=self.rng(EVALUATE))
             self.journal.point("evaluate", str(self.t))
-        record = self._record(cut=cut, exhausted=exhausted, started=started, training=training,
-                              evaluation=evaluation)
+        statistics = getattr(self.parts.learner, "update_statistics", None)
+        record = replace(self._record(cut=cut, exhausted=exhausted, started=started, training=training,
+                                      evaluation=evaluation), diagnostics=diagnostics[0],
+                         diagnostic_labels=diagnostics[1], update_statistics=statistics() if statistics else {})
         kept = [(k.part, k.index, k.batch.candidates, k.batch.scores) for k in self.kept]
         self.journal.commit_iteration(self.t, kept, self.parts.stateful(), self.ledger, record.to_json())
         return record
@@ -274,6 +277,22 @@ class Iteration:
         usage = _totals(self.parts.learner.training_usage(training_set.candidates))
         self._charge(self.parts.stages.train, usage, len(training_set.candidates), time.perf_counter() - clock)
         return metrics, (len(training_set.candidates), training_set.n_carried, training_set.n_outside)
+
+    def _diagnose(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The optional diagnose stage on the selection, after training (it never takes budget
+        reserved for training); skipped where its priced cost no longer fits. Charged as ``diagnose``."""
+        diagnose = self.parts.diagnose
+        if diagnose is None or not self.kept:
+            return {}, {}
+        n = min(self.n_kept, diagnose.max_samples) + diagnose.reference_samples
+        if self.ledger.costs.per_unit("diagnose", {"samples": float(n)}) > self.ledger.remaining:
+            return {}, {}
+        clock = time.perf_counter()
+        selected = Candidates.concat([k.batch.candidates for k in self.kept])
+        values, labels = diagnose(self.parts.task, selected, Prompts.concat([k.batch.prompts for k in self.kept]),
+                                  rng=self.rng(DIAGNOSE))
+        self._charge("diagnose", {"samples": float(n)}, n, time.perf_counter() - clock)
+        return values, labels
 
     def _affordable_training(self, training_set: TrainingSet) -> TrainingSet:
         """The training set, its last rows dropped if their cost no longer fits: only where measured

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from synthloop.budget import CostModel, Ledger, Planner, UnitCosts, by_stage, check_priced
+from synthloop.budget import AnyPlanner, CostModel, Ledger, UnitCosts, by_stage, check_priced
+from synthloop.diagnostics.stage import Diagnose
 from synthloop.events import Event, Finished, IterationDone, Started
 from synthloop.iteration import Iteration, rng_for
 from synthloop.policies import UniformPrompts
@@ -76,6 +77,7 @@ class Components:
     training_set: TrainingSetPolicy = field(default_factory=ThisIteration)
     stages: Stages = Stages()
     verify_usage_per_candidate: Mapping[str, float] = field(default_factory=lambda: {"samples": 1.0})
+    diagnose: Diagnose | None = None  # the optional diagnose stage (``synthloop.diagnostics.stage``)
 
     def stateful(self) -> dict[str, Stateful]:
         """Every component with state, by the name of its checkpoint folder."""
@@ -95,7 +97,7 @@ def streaming(mode: str | None, selector: Selector) -> bool:
 
 
 def run(
-    parts: Components, planner: Planner, costs: CostModel, settings: LoopSettings, *,
+    parts: Components, planner: AnyPlanner, costs: CostModel, settings: LoopSettings, *,
     seed: int, store: RunStore | None = None, report: Report | None = None,
 ) -> list[IterationRecord]:
     """Run until the budget or the plan ends; return each iteration's record.
@@ -114,6 +116,7 @@ def run(
     acceptance, unit_costs = planner.acceptance_rate, planner.unit_costs
     for record in history:  # what the planner had measured when the run stopped
         acceptance, unit_costs = measured(record, acceptance, unit_costs, parts.stages)
+        planner.observe(record)
     emit(Started(initial=initial, plan=planner.plan(), resumed=len(history), spent=ledger.spent,
                  total=ledger.total))
     while not (history and history[-1].ends_run):
@@ -128,6 +131,7 @@ def run(
         history.append(record)
         emit(IterationDone(record))
         acceptance, unit_costs = measured(record, acceptance, unit_costs, parts.stages)
+        planner.observe(record)
     journal.finish()
     emit(Finished(history=history, spent=ledger.spent))
     return history
@@ -143,6 +147,8 @@ def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, f
     declared.setdefault(stages.verify, {}).update(parts.verify_usage_per_candidate)
     declared.setdefault(stages.score, {}).update(parts.prompt_policy.usage_per_prompt())
     declared[stages.train] = dict(costs.prices.get(stages.train, {}))
+    if parts.diagnose is not None:
+        declared["diagnose"] = {"samples": 1.0}
     return declared
 
 

@@ -241,7 +241,7 @@ class Observations:
         return Observations(unique, *totals)
 
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: diagnostics and their estimator labels
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,9 @@ class IterationRecord:
     n_trained: int = 0  # rows the learner trained on (selection + carried + outside)
     n_carried: int = 0
     n_outside: int = 0
+    update_statistics: Mapping[str, float] = field(default_factory=dict)  # per-sample update stats (format 3)
+    diagnostics: Mapping[str, float] = field(default_factory=dict)  # estimates (format 3; {} before)
+    diagnostic_labels: Mapping[str, str] = field(default_factory=dict)  # name -> estimator of each
 
     @property
     def ends_run(self) -> bool:
@@ -280,7 +283,8 @@ class IterationRecord:
 
     def to_json(self) -> dict[str, Any]:
         payload = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        for name in ("verdicts", "cost", "seconds", "train", "eval"):
+        for name in ("verdicts", "cost", "seconds", "train", "eval", "update_statistics", "diagnostics",
+                     "diagnostic_labels"):
             payload[name] = dict(payload[name])
         return {**payload, "version": RECORD_VERSION}
 

@@ -204,7 +204,8 @@ def html_report(run_dirs: Sequence[Path], out: Path) -> list[str]:
          f"What each run spent, summed over its committed iterations, by the stage that spent it (in "
          f"{runs[0].unit}); the dotted line is the total budget."),
     ]
-    atomic_write_bytes(out, _page(runs, notes, figures).encode())
+    from synthloop.report_samples import html_sections
+    atomic_write_bytes(out, _page(runs, notes, figures).replace("</body>", html_sections(run_dirs) + "</body>").encode())
     return notes
 
 

@@ -212,8 +212,23 @@ class ExplicitSchedule(Strict):
         return lambda n0: explicit(self.values)
 
 
+class AdaptiveSchedule(Strict):
+    """``schedule: {kind: adaptive, tolerance: 0.5}``: n_t from the norm test on measured per-sample
+    update statistics (``budget.AdaptivePlanner``); ``n0`` is the pilot (auto: sqrt of the
+    budget in kept samples). No growth base: ``tolerance`` is the relative error allowed in the mean
+    update, the same for every task."""
+
+    kind: Literal["adaptive"]
+    tolerance: Annotated[float, Field(gt=0, le=10)] = 0.5
+    n0: N0 = "auto"
+    iterations: Iterations | None = None
+
+    def factory(self, defaults: Mapping[str, float]) -> Make:
+        return constant  # the pilot's family; the planner itself is built by ``configs.make_planner``
+
+
 ScheduleConfig = Annotated[
     ConstantSchedule | LinearSchedule | PolynomialSchedule | ExponentialSchedule | GaussianOptimalSchedule
-    | ExplicitSchedule,
+    | ExplicitSchedule | AdaptiveSchedule,
     Field(discriminator="kind"),
 ]

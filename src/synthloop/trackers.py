@@ -32,6 +32,8 @@ def iteration_scalars(record: IterationRecord) -> dict[str, float]:
     scalars.update({f"cost/{stage}": float(v) for stage, v in record.cost.items()})
     scalars.update({f"eval/{name}": float(v) for name, v in record.eval.items()})
     scalars.update({f"train/{name}": float(v) for name, v in record.train.items()})
+    # estimates, named as such: "estimate/<name>"; the estimator of each is in the record's labels
+    scalars.update({f"estimate/{name}": float(v) for name, v in record.diagnostics.items()})
     return scalars
 
 

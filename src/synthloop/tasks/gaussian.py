@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from synthloop.diagnostics.stage import View
 from synthloop.records import Candidates, Prompts, Scores, Usage, ones_usage
 
 
@@ -121,6 +122,7 @@ class GaussianLearner:
         self.problem = problem
         self.step = step
         self.theta_ = np.asarray(problem.theta0, dtype=np.float64)
+        self.statistics_: dict[str, float] = {}
 
     @property
     def model(self) -> GaussianModel:
@@ -132,10 +134,21 @@ class GaussianLearner:
     def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
         if len(selected) == 0:
             return {"moved": 0.0}
-        target = selected.samples["x"].mean(axis=0)
+        x = selected.samples["x"]
+        target = x.mean(axis=0)
         previous = self.theta_
         self.theta_ = previous + self.step * (target - previous)
-        return {"moved": float(np.linalg.norm(self.theta_ - previous))}
+        moved = self.theta_ - previous
+        # per-sample updates step (x_i - theta): their summed variance and the squared norm of their
+        # mean, the statistics the adaptive schedule's norm test reads
+        self.statistics_ = {"update_norm2": float(moved @ moved)}
+        if len(x) > 1:
+            self.statistics_["update_variance"] = self.step**2 * float(x.var(axis=0, ddof=1).sum())
+        return {"moved": float(np.linalg.norm(moved))}
+
+    def update_statistics(self) -> dict[str, float]:
+        """The last update's per-sample statistics, for the adaptive schedule's norm test."""
+        return dict(self.statistics_)
 
     def save(self, directory: Path) -> None:
         (directory / "theta.json").write_text(json.dumps({"theta": self.theta_.tolist()}))
@@ -176,6 +189,17 @@ class GaussianTask:
             "gap": self.problem.optimal_reward - reward,
             "distance": float(np.linalg.norm(model.theta)),
         }
+
+    def diagnostic_view(self, candidates: Candidates, prompts: Prompts) -> View:
+        return View(features=np.asarray(candidates.samples["x"], dtype=np.float64), space="raw x")
+
+    def diagnostic_reference(self, n: int, *, rng: np.random.Generator) -> tuple[View, View]:
+        """Anchor: what the initial model keeps, N(rho theta0, s^2 I); reference: what the best
+        model keeps, N(0, s^2 I) (both exact: accepted draws of N(theta, sigma^2) are Gaussian)."""
+        p = self.problem
+        s = np.sqrt(p.accepted_variance)
+        anchor = p.rho * np.asarray(p.theta0) + s * rng.standard_normal((n, p.dim))
+        return View(anchor, space="raw x"), View(s * rng.standard_normal((n, p.dim)), space="raw x")
 
     def expected_acceptance(self, model: GaussianModel) -> float:
         """The acceptance rate of Algorithm 1 at ``model`` is exactly r(theta)."""

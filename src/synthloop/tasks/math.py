@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from synthloop.diagnostics.stage import View
 from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
 
@@ -319,6 +320,25 @@ class MathTask:
     def held_out_prompts(self) -> Prompts:
         return prompts_for(self.pools_.held_out, range(len(self.pools_.held_out)), self.pools_.shots,
                            style=self.style)
+
+    def diagnostic_view(self, candidates: Candidates, prompts: Prompts) -> View:
+        """Completions as texts, their final answers, and MiniLM embeddings (the diagnose stage)."""
+        from synthloop.diagnostics.text_embedding import SPACE, embed
+
+        texts = [str(t) for t in candidates.samples["completion"]]
+        answers = [final_answer(t, require_marker=False) or "" for t in texts]
+        return View(embed(texts), texts=texts, answers=answers, space=SPACE)
+
+    def diagnostic_reference(self, n: int, *, rng: np.random.Generator) -> tuple[View, View]:
+        """Anchor: worked solutions of the training pool (what labelled data would give); reference:
+        the held-out problems' worked solutions."""
+        from synthloop.diagnostics.text_embedding import SPACE, embed
+
+        def view(problems: Sequence[Problem]) -> View:
+            chosen = [problems[i] for i in rng.choice(len(problems), min(n, len(problems)), replace=False)]
+            return View(embed([p.solution for p in chosen]), texts=[p.solution for p in chosen], space=SPACE)
+
+        return view(self.pools_.train), view(self.pools_.held_out)
 
     def evaluate(self, model: Any, *, rng: np.random.Generator) -> dict[str, float]:
         prompts = self.held_out_prompts()
