@@ -105,7 +105,9 @@ def _categorical_run(real: float) -> list[IterationRecord]:
 
 def test_collapse_raises_the_collapse_indicators_and_a_healthy_run_does_not() -> None:
     collapsing, healthy = _categorical_run(real=0.0), _categorical_run(real=2.0)
-    assert len(collapsing) == len(healthy) == 25
+    # diagnose is priced in measured seconds, so how the budget's last few samples split into a last
+    # iteration depends on the machine's speed: 24 full iterations at least, whatever the load
+    assert min(len(collapsing), len(healthy)) >= 24 and max(len(collapsing), len(healthy)) <= 26
 
     def early_late(history: list[IterationRecord], name: str) -> tuple[float, float]:
         values = [r.diagnostics[name] for r in history]
