@@ -104,11 +104,14 @@ def code_mutants(solution: str) -> list[str]:
 
 
 def _parses(source: str) -> bool:
-    try:
-        ast.parse("def f():\n" + source if source.startswith((" ", "\t")) else source)
-    except SyntaxError:
-        return False
-    return True
+    """Whether ``source`` parses as a module or as a function body (HumanEval's solutions are bodies)."""
+    for text in (source, "def f():\n" + source):
+        try:
+            ast.parse(text)
+        except SyntaxError:
+            continue
+        return True
+    return False
 
 
 def corrupt_code(solution: str, rng: np.random.Generator) -> str:
