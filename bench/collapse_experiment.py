@@ -68,13 +68,19 @@ def config(arm: str, *, beta: float, noise: float, seed: int, rounds: int, n_kep
 
 
 def cells(grid: str) -> list[tuple[str, float, float]]:
-    """(arm, beta, noise): the full factorial, or one factor at a time around beta 0.5, noise 0.1."""
-    betas, noises = (0.25, 0.5, 1.0), (0.0, 0.1, 0.3)
-    out = [("a", 0.0, 0.0)] + [("b", 0.0, n) for n in noises]
-    if grid == "full":
-        return out + [(arm, b, n) for b in betas for n in noises for arm in ("c", "d")]
-    pairs = sorted({(b, 0.1) for b in betas} | {(0.5, n) for n in noises})
-    return out + [(arm, b, n) for b, n in pairs for arm in ("c", "d")]
+    """(arm, beta, noise), most informative first: the four arms at beta 0.5 and noise 0.1, then
+    beta in {1.0, 0.25}, then noise in {0, 0.3}; ``full`` adds the rest of the factorial."""
+    core = [("a", 0.0, 0.0), ("b", 0.0, 0.1), ("c", 0.5, 0.1), ("d", 0.5, 0.1)]
+    betas = [(arm, b, 0.1) for b in (1.0, 0.25) for arm in ("c", "d")]
+    noises = [cell for n in (0.0, 0.3) for cell in (("b", 0.0, n), ("c", 0.5, n), ("d", 0.5, n))]
+    rest = [(arm, b, n) for b in (0.25, 1.0) for n in (0.0, 0.3) for arm in ("c", "d")] if grid == "full" else []
+    return core + betas + noises + rest
+
+
+def order(grid: str, seeds: int) -> list[tuple[str, float, float, int]]:
+    """Runs in priority groups, each group over all seeds, so a cut sweep has whole comparisons."""
+    groups = [cells(grid)[:4], cells(grid)[4:8], cells(grid)[8:14], cells(grid)[14:]]
+    return [(arm, beta, noise, seed) for group in groups for seed in range(seeds) for arm, beta, noise in group]
 
 
 def one_run(arm: str, beta: float, noise: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -105,22 +111,23 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.2)
     parser.add_argument("--train-size", type=int, default=500)
     parser.add_argument("--eval-size", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)  # processes sharing one results file
+    parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
             row = json.loads(line)
             done.add((row["arm"], row["beta"], row["noise"], row["seed"]))
-    for seed in range(args.seeds):  # seed-major: a cut sweep still has every arm at the first seeds
-        for arm, beta, noise in cells(args.grid):
-            if (arm, beta, noise, seed) in done:
-                continue
-            row = one_run(arm, beta, noise, seed, args)
-            with args.out.open("a") as out:
-                out.write(json.dumps(row) + "\n")
-            last = row["rounds"][-1]["eval"]
-            print(f"{arm} beta={beta} noise={noise} seed={seed}: {row['seconds']:.0f}s "
-                  f"held-out pass@1 {last.get('pass@1', float('nan')):.3f}", flush=True)
+    for position, (arm, beta, noise, seed) in enumerate(order(args.grid, args.seeds)):
+        if (arm, beta, noise, seed) in done or position % args.workers != args.worker:
+            continue
+        row = one_run(arm, beta, noise, seed, args)
+        with args.out.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+        last = row["rounds"][-1]["eval"]
+        print(f"{arm} beta={beta} noise={noise} seed={seed}: {row['seconds']:.0f}s "
+              f"held-out pass@1 {last.get('pass@1', float('nan')):.3f}", flush=True)
 
 
 if __name__ == "__main__":
