@@ -198,3 +198,27 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path: Path):
     assert np.array_equal(weights, weights_ref) and np.array_equal(rates, rates_ref, equal_nan=True)
     assert np.sum(~np.isnan(rates)) > 20 and weights.std() > 0.1  # the state is not trivially equal
     assert snapshot(run_dir) == reference  # metrics, ledger, selected ids, checkpoint bytes
+
+
+def test_a_math_run_from_yaml_filters_labels_and_reports_pass_at_k():
+    """The configured plug-ins end to end on a tiny untrained model: the noisy filter judges, the
+    labeler adds L = alpha / (1 - alpha) n_t rows a round, chosen by the hardest-first policy."""
+    from synthloop.experiments import build_components, make_planner
+    from synthloop.loop import LoopSettings, run
+    from synthloop.signals.filters import NoisyFilter
+
+    raw = {**MATH, "model": {"kind": "tiny", "n_layer": 1, "n_embd": 16, "n_head": 2, "seed_problems": 50,
+                             "n_positions": 128},
+           "task": {**MATH["task"], "eval_samples": 2, "eval_train_size": 3, "shots": 0},  # type: ignore[dict-item]
+           "selector": {"kind": "threshold", "threshold": 0.0},
+           "generator": {"kind": "hf", "max_new_tokens": 8, "batch_size": 32},
+           "learner": {"kind": "sft", "batch_size": 8, "bf16": False}}
+    config = parse_config(raw)
+    components = build_components(config)
+    task, policy = components.task, components.prompt_policy
+    assert isinstance(task.verifier, NoisyFilter) and isinstance(policy, HardestFirst)
+    assert task.labels is not None and task.labels.allocation is policy  # type: ignore[attr-defined]
+    history = run(components, make_planner(config), config.budget.cost_model(), LoopSettings(), seed=0)
+    assert [r.n_outside for r in history] == [2, 2]  # round(0.2 / 0.8 * 8)
+    assert {"pass@1", "train/pass@1"} <= set(history[-1].eval) and "pass@8" not in history[-1].eval  # k <= n
+    assert np.sum(~np.isnan(policy.pass_rates_)) > 0

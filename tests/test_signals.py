@@ -23,7 +23,7 @@ from synthloop.signals.labelers import (
     corrupt_code,
     corrupt_math,
 )
-from synthloop.signals.measure import filter_rates, measure_beta, wilson
+from synthloop.signals.measure import filter_rates, filter_rates_from_detail, measure_beta, wilson
 from synthloop.tasks.math import MathVerifier, answer_key, pass_at_k
 from synthloop.testing import check_generator, check_verifier
 
@@ -123,6 +123,7 @@ def test_noisy_filter_errs_at_its_rates_within_binomial_intervals(false_accept: 
     assert rates.false_reject.low <= false_reject <= rates.false_reject.high, rates
     assert np.array_equal(scores.verdict == Verdict.ERROR, gold == Verdict.ERROR)
     assert all(d.startswith("gold=") for d in scores.detail or [])
+    assert filter_rates_from_detail(scores.verdict, scores.detail or []) == filter_rates(scores.verdict, gold)
     again = noisy.verify(candidates, prompts)  # a resumed part is judged as before
     assert np.array_equal(again.verdict, scores.verdict)
 

@@ -2,7 +2,11 @@
 
 Validation and planning import no ML framework; ``build`` imports torch and transformers.
 
-    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
+    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...,
+                filter: {kind: gold} | {kind: noisy, false_accept, false_reject, seed}
+                        | {kind: majority, min_share},
+                labeler: {kind: controlled, beta} | {kind: model, source, max_new_tokens},
+                eval_samples: 0, eval_train_size: 0}
     model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
                | {kind: tiny, ...} | {kind: scratch, pretrain_steps, ...}
     generator: {kind: hf, max_new_tokens, temperature, top_p, batch_size, bf16, ...}

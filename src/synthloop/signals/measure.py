@@ -8,6 +8,7 @@ inside [0, 1] and holds its coverage for small n and rates near 0 or 1 (Brown, C
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -86,3 +87,16 @@ def measure_beta(labeler: Generator, prompts: Prompts, gold: Verifier, *, rng: n
     labels = labeler.generate(None, prompts, rng=rng)
     verdict = gold.verify(labels, prompts).verdict
     return wilson(int(np.sum(verdict == Verdict.PASS)), len(verdict), confidence=confidence)
+
+
+GOLD_NAMES = {v.name.lower(): int(v) for v in Verdict}
+
+
+def filter_rates_from_detail(verdict: npt.NDArray[np.int8], detail: Sequence[str | None], *,
+                             confidence: float = 0.95) -> FilterRates:
+    """A filter's measured error rates from stored candidates: ``NoisyFilter`` and ``Audited`` write
+    gold's verdict at the start of each row's ``detail`` (``gold=pass; ...``); a row without it is
+    counted as an ERROR on gold's side."""
+    gold = np.array([GOLD_NAMES.get((d or "").split(";")[0].removeprefix("gold="), int(Verdict.ERROR))
+                     for d in detail], dtype=np.int8)
+    return filter_rates(verdict, gold, confidence=confidence)
