@@ -55,7 +55,7 @@ def table(cells: dict[tuple[str, float, float], list[dict[str, Any]]]) -> str:
     for (arm, beta, noise), runs in sorted(cells.items()):
         start = [r["initial"]["pass@1"] for r in runs]
         final = {m: [curve(r, m)[-1] for r in runs] for m in METRICS}
-        best = [max(curve(r, "pass@1")[1:]) for r in runs]
+        best = [float(max(curve(r, "pass@1")[1:])) for r in runs]
         labels = np.mean([np.mean([x["n_outside"] for x in r["rounds"]]) for r in runs])
         lines.append(f"| {ARMS[arm]} | {beta if arm in 'cd' else '-'} | {noise if arm != 'a' else '-'} | "
                      f"{len(runs)} | {fmt(start)} | {fmt(final['pass@1'])} | {fmt(best)} | "
@@ -73,7 +73,7 @@ def paired(cells: dict[tuple[str, float, float], list[dict[str, Any]]]) -> str:
         by_seed = {r["seed"]: r for r in cells[("c", beta, noise)]}
         pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
         final = [curve(d, "pass@1")[-1] - curve(c, "pass@1")[-1] for d, c in pairs]
-        area = [np.mean(curve(d, "pass@1")[1:]) - np.mean(curve(c, "pass@1")[1:]) for d, c in pairs]
+        area = [float(np.mean(curve(d, "pass@1")[1:]) - np.mean(curve(c, "pass@1")[1:])) for d, c in pairs]
         final8 = [curve(d, "pass@8")[-1] - curve(c, "pass@8")[-1] for d, c in pairs]
         lines.append(f"| {beta} | {noise} | {len(pairs)} | {fmt(final)} | {fmt(area)} | {fmt(final8)} |")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from synthloop.budget import CostModel, Planner, UnitCosts
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.loop import Components, LoopSettings, run
 from synthloop.policies import HardestFirst
+from synthloop.protocols import Verifier
 from synthloop.records import Candidates, IterationRecord, Prompts, Scores, Usage, Verdict, ones_usage
 from synthloop.select import Passed
 from synthloop.signals.filters import NoisyFilter
@@ -54,7 +55,7 @@ class TableTask:
 
     def __init__(self, pool_size: int = 60, seed: int = 0) -> None:
         self.answers = np.random.default_rng(seed).integers(10, 99, pool_size)
-        self.verifier: object = TableVerifier()
+        self.verifier: Verifier = TableVerifier()
 
     @property
     def pool_size(self) -> int:

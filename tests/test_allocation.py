@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from collapse_support import BUDGET, TableTask, run_table, table_components
 from crashsafe_support import ROOT, cli_env, kill_repeatedly, snapshot
 from synthloop.configs import ConfigError, parse_config
 from synthloop.policies import HardestFirst, HardestFirstConfig, make_prompt_policy
-from synthloop.records import Observations
+from synthloop.records import Candidates, Observations, Prompts
 from synthloop.signals.labelers import ControlledLabeler
 from synthloop.signals.source import LabeledPrompts, UniformAllocation
 from synthloop.store import RunStore
@@ -99,7 +100,7 @@ def test_in_the_loop_labels_go_to_the_prompts_the_filter_failed_most():
     assert isinstance(mix, Mix)
     inner = mix.source.sample
 
-    def spy(n: int, *, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    def spy(n: int, *, rng: np.random.Generator) -> tuple[Candidates, Prompts]:
         rows, prompts = inner(n, rng=rng)
         seen.append(policy.pass_rates_[prompts.index].copy())
         return rows, prompts
@@ -128,7 +129,7 @@ def test_hardest_first_beats_uniform_labels_on_the_table_task(noise: float):
     assert hardest > uniform
 
 
-MATH = {"name": "m", "seed": 0, "schedule": {"kind": "constant", "n0": 8, "iterations": 2},
+MATH: dict[str, Any] = {"name": "m", "seed": 0, "schedule": {"kind": "constant", "n0": 8, "iterations": 2},
         "budget": {"total": 1000},
         "task": {"kind": "math", "levels": [{"name": "a", "dataset": "chain_sum"}], "train_size": 20,
                  "eval_size": 5, "filter": {"kind": "noisy", "false_accept": 0.1, "false_reject": 0.3},
@@ -144,7 +145,7 @@ def test_yaml_wires_the_policy_filter_labeler_and_mix():
     settings = FAMILY.validate(config)
     assert settings.task.filter.kind == "noisy" and settings.task.labeler is not None
     assert isinstance(config.prompt_policy, HardestFirstConfig) and config.prompt_policy.allocation == "hardest"
-    without_labels = {**MATH, "task": {k: v for k, v in MATH["task"].items() if k != "labeler"}}  # type: ignore[union-attr]
+    without_labels = {**MATH, "task": {k: v for k, v in MATH["task"].items() if k != "labeler"}}
     with pytest.raises(ConfigError, match=r"task\.labeler"):
         FAMILY.validate(parse_config(without_labels))
     with pytest.raises(ConfigError):
@@ -209,7 +210,7 @@ def test_a_math_run_from_yaml_filters_labels_and_reports_pass_at_k():
 
     raw = {**MATH, "model": {"kind": "tiny", "n_layer": 1, "n_embd": 16, "n_head": 2, "seed_problems": 50,
                              "n_positions": 128},
-           "task": {**MATH["task"], "eval_samples": 2, "eval_train_size": 3, "shots": 0},  # type: ignore[dict-item]
+           "task": {**MATH["task"], "eval_samples": 2, "eval_train_size": 3, "shots": 0},
            "selector": {"kind": "threshold", "threshold": 0.0},
            "generator": {"kind": "hf", "max_new_tokens": 8, "batch_size": 32},
            "learner": {"kind": "sft", "batch_size": 8, "bf16": False}}
