@@ -17,6 +17,7 @@ from synthloop.configs import ConfigError, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
 from synthloop.records import IterationRecord
+from synthloop.sandbox.command import app as sandbox_app
 from synthloop.store import RunDirectoryError, RunStore
 from synthloop.yamlio import MAX_MESSAGE, one_line
 
@@ -308,6 +309,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(name, f"{r['final_mean']:.4g}", f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]",
                       str(r["seeds"]), f"{r['iterations']:.1f}", f"{100 * r['budget_used']:.2f}%")
     console.print(table)
+
+
+app.add_typer(sandbox_app, name="sandbox")
 
 
 def main() -> None:
