@@ -180,3 +180,23 @@ def test_wilson_interval_covers_at_its_level():
         r = wilson(int(rng.binomial(300, 0.3)), 300)
         hits += r.low <= 0.3 <= r.high
     assert 0.93 <= hits / 2000 <= 0.97
+
+
+SLIPPING = ["HumanEval/0", "HumanEval/10", "HumanEval/18", "HumanEval/35", "HumanEval/75", "HumanEval/154"]
+
+
+def test_controlled_code_labels_with_a_sandbox_check_are_wrong_where_they_should_be():
+    """The first mutant of these reference solutions still passes HumanEval's tests; re-corrupting
+    what the sandbox still passes makes every beta = 0 label fail, so beta stays exact for code."""
+    from synthloop.tasks.code import CodeVerifier, load_humaneval
+    from synthloop.tasks.code import prompts_for as code_prompts
+
+    problems = load_humaneval("all")
+    index = [i for i, p in enumerate(problems) if p.task_id in SLIPPING]
+    prompts = code_prompts(problems, index)
+    sandbox = CodeVerifier()
+    unchecked = ControlledLabeler(beta=0.0, corrupt=corrupt_code).generate(None, prompts, rng=np.random.default_rng(0))
+    assert np.sum(sandbox.verify(unchecked, prompts).verdict == Verdict.PASS) >= 1
+    checked = ControlledLabeler(beta=0.0, corrupt=corrupt_code, check=sandbox)
+    labels = check_generator(checked, None, prompts)
+    assert np.all(sandbox.verify(labels, prompts).verdict == Verdict.FAIL)

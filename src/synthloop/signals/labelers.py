@@ -8,7 +8,9 @@ flipped comparison, an off-by-one constant, a swapped operator, a wrong return).
 its own seed, itself drawn from the rng in row order, so the labels are reproducible and
 prefix-stable (the first k of ``generate`` on n prompts are those on the first k), which the
 ``mix`` training set relies on. Where every corruption is wrong (math: the final number differs),
-P(correct) = beta exactly.
+P(correct) = beta exactly. A code mutant can be equivalent to the reference or slip past the
+tests (16 of HumanEval's 164 first mutants pass them); with ``check`` set (the task's verifier, the
+sandbox for code), a corrupted label that still passes is corrupted again, up to ``max_tries``.
 
 ``ModelLabeler`` makes any generator with a fixed model a labeler: a local Hugging Face model
 through ``models.hf.HFGenerator``, or a server through an OpenAI-compatible client (any object with
@@ -26,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from synthloop.protocols import Generator
-from synthloop.records import Candidates, Prompts
+from synthloop.protocols import Generator, Verifier
+from synthloop.records import Candidates, Prompts, Verdict
 
 MARKER = "####"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -134,6 +136,8 @@ class ControlledLabeler:
     corrupt: Corrupt = corrupt_math
     solution_key: str = "solution"
     carry: tuple[str, ...] = ("prompt", "question_prompt")  # prompt columns the learner reads
+    check: Verifier | None = None  # re-corrupt a wrong label this verifier still passes
+    max_tries: int = 8
 
     def __post_init__(self) -> None:
         if not 0 <= self.beta <= 1:
@@ -147,17 +151,27 @@ class ControlledLabeler:
             raise ValueError(f"a controlled labeler needs the gold solution in prompts.items"
                              f"[{self.solution_key!r}]; the prompts carry {sorted(prompts.items)}")
         seeds = rng.integers(0, 2**63 - 1, size=len(prompts))  # one per row, in row order: prefix-stable
-        texts, correct = [], []
-        for gold, seed in zip(prompts.items[self.solution_key], seeds, strict=True):
-            row = np.random.default_rng(int(seed))
-            keep = row.random() < self.beta
-            texts.append(str(gold) if keep else self.corrupt(str(gold), row))
-            correct.append(keep)
+        golds = [str(g) for g in prompts.items[self.solution_key]]
+        rows = [np.random.default_rng(int(seed)) for seed in seeds]
+        correct = np.array([row.random() < self.beta for row in rows], dtype=bool)
+        texts = [gold if keep else self.corrupt(gold, row) for gold, keep, row in zip(golds, correct, rows, strict=True)]
+        labels = self._candidates(prompts, texts, correct)
+        for _ in range(self.max_tries if self.check is not None else 0):
+            wrong = np.flatnonzero(~correct)
+            assert self.check is not None
+            slipped = wrong[self.check.verify(labels.take(wrong), prompts.take(wrong)).verdict == Verdict.PASS]
+            if len(slipped) == 0:
+                break
+            for i in slipped:  # each row's own rng draws its next corruption: still prefix-stable
+                texts[i] = self.corrupt(golds[i], rows[i])
+            labels = self._candidates(prompts, texts, correct)
+        return labels
+
+    def _candidates(self, prompts: Prompts, texts: list[str], correct: np.ndarray) -> Candidates:
         samples: dict[str, Any] = {k: list(prompts.items[k]) for k in self.carry if k in prompts.items}
-        samples["completion"] = texts
+        samples["completion"] = list(texts)
         return Candidates(samples=samples, prompt_index=prompts.index.copy(),
-                          usage={"samples": np.ones(len(prompts))},
-                          extra={"label_correct": np.array(correct, dtype=bool)})
+                          usage={"samples": np.ones(len(prompts))}, extra={"label_correct": correct.copy()})
 
 
 @dataclass(frozen=True)
