@@ -219,6 +219,8 @@ def test_a_math_run_from_yaml_filters_labels_and_reports_pass_at_k():
     task, policy = components.task, components.prompt_policy
     assert isinstance(task.verifier, NoisyFilter) and isinstance(policy, HardestFirst)
     assert task.labels is not None and task.labels.allocation is policy  # type: ignore[attr-defined]
+    labels, _ = task.sample(4, rng=np.random.default_rng(0))  # type: ignore[attr-defined]
+    assert all(text.startswith(" ") and "####" in text for text in labels.samples["completion"])  # as "Answer: ..."
     history = run(components, make_planner(config), config.budget.cost_model(), LoopSettings(), seed=0)
     assert [r.n_outside for r in history] == [2, 2]  # round(0.2 / 0.8 * 8)
     assert {"pass@1", "train/pass@1"} <= set(history[-1].eval) and "pass@8" not in history[-1].eval  # k <= n

@@ -368,7 +368,8 @@ def outside_signal(task: MathTask, settings: MathSettings, model: HFModel, *, ch
         vote = MajorityVote(partial(answer_key, require_marker=t.require_marker), min_share=t.filter.min_share)
         task.filter = Audited(vote, task.gold)
     if t.labeler is not None:
-        task.labels = LabeledPrompts(task, build_labeler(t.labeler, chat=chat, stop=tuple(g.stop_strings)))
+        labeler = build_labeler(t.labeler, chat=chat, stop=tuple(g.stop_strings))
+        task.labels = LabeledPrompts(task, labeler)
     if t.eval_samples > 0:
         task.eval_samples, task.eval_train_size = t.eval_samples, t.eval_train_size
         task.eval_sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=max(g.temperature, 1e-3),
@@ -382,7 +383,9 @@ def build_labeler(spec: ControlledLabelerConfig | ModelLabelerConfig, *, chat: b
     from synthloop.signals.labelers import ControlledLabeler, ModelLabeler, corrupt_math
 
     if isinstance(spec, ControlledLabelerConfig):
-        return ControlledLabeler(beta=spec.beta, corrupt=corrupt_math)
+        # few-shot text reads "Answer: <solution>": the student's completions start with that space,
+        # and a label without it would be a token sequence the model never produced
+        return ControlledLabeler(beta=spec.beta, corrupt=corrupt_math, prefix="" if chat else " ")
     from synthloop.models.hf import HFGenerator, export_smollm2, load_pretrained
 
     labeler_model = load_pretrained(export_smollm2() if spec.source == "smollm2" else spec.source)

@@ -138,6 +138,7 @@ class ControlledLabeler:
     carry: tuple[str, ...] = ("prompt", "question_prompt")  # prompt columns the learner reads
     check: Verifier | None = None  # re-corrupt a wrong label this verifier still passes
     max_tries: int = 8
+    prefix: str = ""  # put before every label, so it reads as the student's completions do
 
     def __post_init__(self) -> None:
         if not 0 <= self.beta <= 1:
@@ -169,7 +170,7 @@ class ControlledLabeler:
 
     def _candidates(self, prompts: Prompts, texts: list[str], correct: np.ndarray) -> Candidates:
         samples: dict[str, Any] = {k: list(prompts.items[k]) for k in self.carry if k in prompts.items}
-        samples["completion"] = list(texts)
+        samples["completion"] = [self.prefix + text for text in texts]
         return Candidates(samples=samples, prompt_index=prompts.index.copy(),
                           usage={"samples": np.ones(len(prompts))}, extra={"label_correct": correct.copy()})
 
