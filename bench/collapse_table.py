@@ -65,17 +65,27 @@ def table(cells: dict[tuple[str, float, float], list[dict[str, Any]]]) -> str:
 
 
 def paired(cells: dict[tuple[str, float, float], list[dict[str, Any]]]) -> str:
-    lines = ["| beta | noise | seeds | (d) - (c) final pass@1 | (d) - (c) mean pass@1 over rounds 1-6 "
-             "| (d) - (c) final pass@8 |", "|---|---|---|---|---|---|"]
-    for (arm, beta, noise), runs in sorted(cells.items()):
-        if arm != "d" or ("c", beta, noise) not in cells:
+    """Differences paired by seed: (b) - (a), then (c) - (b), (d) - (b) and (d) - (c) per cell."""
+    lines = ["| comparison | beta | noise | seeds | final pass@1 | mean pass@1, rounds 1-6 | final pass@8 "
+             "| mean pass@8, rounds 1-6 |", "|---|---|---|---|---|---|---|---|"]
+    wanted = [(("b", 0.0, n), ("a", 0.0, 0.0)) for (arm, _, n) in sorted(cells) if arm == "b"]
+    for (arm, beta, noise) in sorted(cells):
+        if arm in "cd":
+            wanted.append(((arm, beta, noise), ("b", 0.0, noise)))
+        if arm == "d":
+            wanted.append(((arm, beta, noise), ("c", beta, noise)))
+    for left, right in wanted:
+        if right not in cells:
             continue
-        by_seed = {r["seed"]: r for r in cells[("c", beta, noise)]}
-        pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
-        final = [curve(d, "pass@1")[-1] - curve(c, "pass@1")[-1] for d, c in pairs]
-        area = [float(np.mean(curve(d, "pass@1")[1:]) - np.mean(curve(c, "pass@1")[1:])) for d, c in pairs]
-        final8 = [curve(d, "pass@8")[-1] - curve(c, "pass@8")[-1] for d, c in pairs]
-        lines.append(f"| {beta} | {noise} | {len(pairs)} | {fmt(final)} | {fmt(area)} | {fmt(final8)} |")
+        by_seed = {r["seed"]: r for r in cells[right]}
+        pairs = [(r, by_seed[r["seed"]]) for r in cells[left] if r["seed"] in by_seed]
+        row = [f"({left[0]}) - ({right[0]})", str(left[1]) if left[0] in "cd" else "-", str(left[2]),
+               str(len(pairs))]
+        for metric in ("pass@1", "pass@8"):
+            final = [curve(x, metric)[-1] - curve(y, metric)[-1] for x, y in pairs]
+            area = [float(np.mean(curve(x, metric)[1:]) - np.mean(curve(y, metric)[1:])) for x, y in pairs]
+            row += [fmt(final), fmt(area)]
+        lines.append("| " + " | ".join([*row[:4], row[4], row[5], row[6], row[7]]) + " |")
     return "\n".join(lines)
 
 
