@@ -2,7 +2,11 @@
 
 Validation and planning import no ML framework; ``build`` imports torch and transformers.
 
-    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...}
+    task:      {kind: math, levels: [{name, dataset, params}], train_size, eval_size, shots, ...,
+                filter: {kind: gold} | {kind: noisy, false_accept, false_reject, seed}
+                        | {kind: majority, min_share},
+                labeler: {kind: controlled, beta} | {kind: model, source, max_new_tokens},
+                eval_samples: 0, eval_train_size: 0}
     model:     {kind: smollm2} | {kind: pretrained, source: <hub id or path>}
                | {kind: tiny, ...} | {kind: scratch, pretrain_steps, ...}
                every kind also takes device: auto | cpu | cuda | mps (default cpu) and
@@ -56,6 +60,53 @@ class LevelConfig(Strict):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class GoldFilterConfig(Strict):
+    """``filter: {kind: gold}``: the gold final-answer check (the default)."""
+
+    kind: Literal["gold"]
+
+
+class NoisyFilterConfig(Strict):
+    """``filter: {kind: noisy, false_accept: 0.1, false_reject: 0.1}``: gold, flipped at these rates."""
+
+    kind: Literal["noisy"]
+    false_accept: Share = 0.0
+    false_reject: Share = 0.0
+    seed: Seed = 0
+
+
+class MajorityFilterConfig(Strict):
+    """``filter: {kind: majority, min_share: 0.5}``: agreement with the plurality of the prompt's
+    samples, no gold (pair it with ``prompt_policy: {kind: hardest_first}`` for k samples a prompt)."""
+
+    kind: Literal["majority"]
+    min_share: Share = 0.5
+
+
+FilterConfig = Annotated[GoldFilterConfig | NoisyFilterConfig | MajorityFilterConfig, Field(discriminator="kind")]
+
+
+class ControlledLabelerConfig(Strict):
+    """``labeler: {kind: controlled, beta: 0.5}``: gold solutions, a 1 - beta share made wrong."""
+
+    kind: Literal["controlled"]
+    beta: Share = 1.0
+
+
+class ModelLabelerConfig(Strict):
+    """``labeler: {kind: model, source: <path or hub id> | smollm2}``: a model's greedy answers."""
+
+    kind: Literal["model"]
+    source: Annotated[str, Field(min_length=1)]
+    max_new_tokens: Count = 128
+
+
+LabelerConfig = Annotated[ControlledLabelerConfig | ModelLabelerConfig, Field(discriminator="kind")]
+
+
 class MathTaskConfig(Strict):
     kind: Literal["math"]
     levels: Annotated[list[LevelConfig], Field(min_length=1, max_length=100)]
@@ -67,6 +118,10 @@ class MathTaskConfig(Strict):
     rationalize: bool = False  # STaR: retry failed prompts with the answer as a hint
     answer_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     require_marker: bool = False  # only "#### <answer>" counts as a final answer
+    filter: FilterConfig = Field(default_factory=lambda: GoldFilterConfig(kind="gold"))
+    labeler: LabelerConfig | None = None  # outside labels, for training_set {kind: mix}
+    eval_samples: Annotated[int, Field(ge=0, le=1024)] = 0  # sampled answers per prompt for pass@k; 0: off
+    eval_train_size: Annotated[int, Field(ge=0, le=10**6)] = 0  # training prompts evaluated with pass@k too
 
 
 class ScratchModelConfig(Placement):
@@ -179,6 +234,9 @@ class MathFamily:
         if isinstance(generator, OpenAIGeneratorConfig) and task.rationalize:
             raise ConfigError("task.rationalize: not supported with generator.kind 'openai' (a served "
                               "teacher's failed requests would be retried as hints); use kind 'hf'")
+        if config.training_set.kind == "mix" and task.labeler is None:
+            raise ConfigError("training_set.kind: 'mix' needs outside labels: set task.labeler "
+                              "({kind: controlled, beta: ...} or {kind: model, source: ...})")
         return MathSettings(task=task, model=model, generator=generator, learner=learner)
 
     def usage_per_draw(self, settings: MathSettings) -> Mapping[str, float]:
@@ -320,8 +378,51 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
                                  max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat,
                                  progress="evaluating on the held-out problems")
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
+    outside_signal(task, settings, model, chat=chat)
     return Components(task=task, generator=generator, selector=make_selector(config.selector),
                       learner=sft_learner(settings.learner, model, chat=chat))
+
+
+def outside_signal(task: MathTask, settings: MathSettings, model: HFModel, *, chat: bool) -> None:
+    """Escaping Collapse's parts of the task: its filter, its labeler, sampled pass@k."""
+    from functools import partial
+
+    from synthloop.models.hf import HFGenerator
+    from synthloop.signals.filters import Audited, MajorityVote, NoisyFilter
+    from synthloop.signals.source import LabeledPrompts
+    from synthloop.tasks.math import answer_key
+
+    t, g = settings.task, settings.generator
+    if isinstance(t.filter, NoisyFilterConfig):
+        task.filter = NoisyFilter(task.gold, false_accept=t.filter.false_accept,
+                                  false_reject=t.filter.false_reject, seed=t.filter.seed)
+    elif isinstance(t.filter, MajorityFilterConfig):
+        vote = MajorityVote(partial(answer_key, require_marker=t.require_marker), min_share=t.filter.min_share)
+        task.filter = Audited(vote, task.gold)
+    if t.labeler is not None:
+        labeler = build_labeler(t.labeler, chat=chat, stop=tuple(g.stop_strings))
+        task.labels = LabeledPrompts(task, labeler)
+    if t.eval_samples > 0:
+        task.eval_samples, task.eval_train_size = t.eval_samples, t.eval_train_size
+        task.eval_sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=max(g.temperature, 1e-3),
+                                        top_p=g.top_p, stop_strings=tuple(g.stop_strings),
+                                        batch_size=g.eval_batch_size, max_prompt_tokens=g.max_prompt_tokens,
+                                        bf16=g.bf16, chat=chat)
+
+
+def build_labeler(spec: ControlledLabelerConfig | ModelLabelerConfig, *, chat: bool, stop: tuple[str, ...]) -> Any:
+    """The configured labeler: gold corrupted at rate 1 - beta, or a model's greedy answers."""
+    from synthloop.signals.labelers import ControlledLabeler, ModelLabeler, corrupt_math
+
+    if isinstance(spec, ControlledLabelerConfig):
+        # few-shot text reads "Answer: <solution>": the student's completions start with that space,
+        # and a label without it would be a token sequence the model never produced
+        return ControlledLabeler(beta=spec.beta, corrupt=corrupt_math, prefix="" if chat else " ")
+    from synthloop.models.hf import HFGenerator, export_smollm2, load_pretrained
+
+    labeler_model = load_pretrained(export_smollm2() if spec.source == "smollm2" else spec.source)
+    return ModelLabeler(HFGenerator(max_new_tokens=spec.max_new_tokens, temperature=0.0, stop_strings=stop,
+                                    chat=chat), labeler_model)
 
 
 def sft_learner(spec: LearnerConfig, model: HFModel, *, chat: bool) -> Any:

@@ -14,6 +14,12 @@ number of the output when there is no marker) and compares it with the gold answ
 math-verify. Anything it cannot decide (no final answer, an unparseable gold or model answer, a
 checker timeout or crash) is an ERROR verdict with a NaN reward, never a 0.
 
+Escaping Collapse's loop needs three more things, all optional: a filter other than the gold check
+(``filter``: the loop verifies with it; evaluation always uses gold), outside labels (``labels``: a
+``signals.source.LabeledPrompts`` over this task, which makes the task the ``mix`` training set's
+labeled source) and sampled pass@k on held-out and training prompts (``eval_sampler`` and
+``eval_samples``: n samples a prompt, pass@k estimated the unbiased way, Chen et al. 2021).
+
 Nothing here imports torch: the model is only handed to a :class:`~synthloop.protocols.Generator`.
 """
 
@@ -23,7 +29,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +37,9 @@ import numpy.typing as npt
 from synthloop.diagnostics.stage import View
 from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
+
+if TYPE_CHECKING:
+    from synthloop.signals.source import Allocation, LabeledPrompts
 
 T = TypeVar("T")
 MARKER = "####"
@@ -155,6 +164,23 @@ def final_answer(completion: str, *, require_marker: bool) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
+def answer_key(completion: str, *, require_marker: bool = False) -> str | None:
+    """The final answer in a form equal answers share ('1,200.0' and '1200' both '1200'), for voting.
+
+    >>> answer_key("so 1,200.0 #### 1,200.0"), answer_key("x = 7"), answer_key("none")
+    ('1200', '7', None)
+    """
+    answer = final_answer(completion, require_marker=require_marker)
+    if answer is None:
+        return None
+    text = answer.replace(",", "").rstrip(".").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text or None
+    return f"{value:.10g}" if np.isfinite(value) else text
+
+
 @dataclass(frozen=True)
 class MathVerifier:
     """Final-answer check with math-verify: reward 1 (PASS), 0 (FAIL) or NaN (ERROR, with a detail).
@@ -234,6 +260,19 @@ def build_pools(levels: Sequence[Level], *, train_size: int, eval_size: int, n_s
     return Pools(train=train, held_out=held_out, shots=mixed)
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k from n samples of which c passed: 1 - C(n - c, k) / C(n, k).
+
+    >>> pass_at_k(8, 2, 1), pass_at_k(8, 0, 8), pass_at_k(8, 1, 8)
+    (0.25, 0.0, 1.0)
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
 def prompts_for(problems: Sequence[Problem], index: Sequence[int], shots: Sequence[Problem], *,
                 style: str = "few_shot") -> Prompts:
     """Prompt columns: ``prompt`` (to sample from), ``question_prompt`` (to train on), ``hint_prompt``
@@ -255,6 +294,7 @@ def prompts_for(problems: Sequence[Problem], index: Sequence[int], shots: Sequen
             "question_prompt": plain,
             "hint_prompt": hint,
             "answer": [p.answer for p in chosen],
+            "solution": [p.solution for p in chosen],  # gold worked solution (a controlled labeler's source)
             "level": [p.level for p in chosen],
         },
     )
@@ -288,6 +328,12 @@ class MathTask:
                                   n_shots=shots, data_seed=data_seed)
         weights = np.repeat([lv.weight for lv in self.levels], train_size).astype(np.float64)
         self._train_p = weights / weights.sum()
+        self.filter: Verifier | None = None  # what the loop verifies with, if not the gold check
+        self.labels: LabeledPrompts | None = None  # outside labels for the mix training set
+        self.eval_sampler: Generator | None = None  # sampled pass@k (temperature > 0)
+        self.eval_samples = 0  # samples per evaluated prompt; 0: greedy accuracy only
+        self.eval_train_size = 0  # training prompts evaluated with pass@k as well (a fixed subset)
+        self.pass_k: tuple[int, ...] = (1, 8)
 
     @property
     def name(self) -> str:
@@ -295,7 +341,21 @@ class MathTask:
 
     @property
     def verifier(self) -> Verifier:
+        return self.filter if self.filter is not None else self._verifier
+
+    @property
+    def gold(self) -> Verifier:
         return self._verifier
+
+    def sample(self, n: int, *, rng: np.random.Generator) -> tuple[Candidates, Prompts]:
+        """n outside labels (the ``mix`` training set's ``LabeledSource``), if labels are set."""
+        if self.labels is None:
+            raise ValueError(f"task {self.name!r} has no labeler: set task.labeler to use a mix")
+        return self.labels.sample(n, rng=rng)
+
+    def use_allocation(self, allocation: Allocation) -> None:
+        if self.labels is not None:
+            self.labels.use_allocation(allocation)
 
     @property
     def primary_metric(self) -> str:
@@ -352,7 +412,28 @@ class MathTask:
                    if "completion_tokens" in candidates.usage else 0.0}
         for level in self.levels:
             metrics[f"accuracy/{level.name}"] = float(passed[levels == level.name].mean())
+        if self.eval_sampler is not None and self.eval_samples > 0:
+            metrics.update(self._pass_at(model, prompts, "", rng))
+            if self.eval_train_size > 0:
+                metrics.update(self._pass_at(model, self.train_eval_prompts(), "train/", rng))
         return metrics
+
+    def train_eval_prompts(self) -> Prompts:
+        """A fixed subset of the training pool (chosen by ``data_seed``) evaluated like held-out."""
+        order = np.random.default_rng(np.random.SeedSequence(self.data_seed, spawn_key=(7,))).permutation(
+            self.pool_size)
+        return self.prompts_at(np.sort(order[: min(self.eval_train_size, self.pool_size)]))
+
+    def _pass_at(self, model: Any, prompts: Prompts, prefix: str, rng: np.random.Generator) -> dict[str, float]:
+        """Mean unbiased pass@k over ``prompts`` from ``eval_samples`` samples each, checked by gold."""
+        assert self.eval_sampler is not None
+        n = self.eval_samples
+        repeated = prompts.take(np.repeat(np.arange(len(prompts)), n))
+        candidates = self.eval_sampler.generate(model, repeated, rng=rng)
+        passed = self._verifier.verify(candidates, repeated).verdict == Verdict.PASS
+        correct = passed.reshape(len(prompts), n).sum(axis=1)
+        return {f"{prefix}pass@{k}": float(np.mean([pass_at_k(n, int(c), k) for c in correct]))
+                for k in self.pass_k if k <= n}
 
 
 @dataclass(frozen=True)
