@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from synthloop.passk import mean_pass_at_k
+from synthloop.passk import pass_at_k as pass_at_k  # part of the task's API (its metric)
 from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
 from synthloop.sandbox import Limits, RunResult, Sandbox, new_token
@@ -96,31 +98,6 @@ def build_program(problem_prompt: str, completion: str, test: str, entry_point: 
     """The program the sandbox runs: the function, its tests, then the pass token."""
     return (f"{problem_prompt}{completion}\n\n\n{test}\n\ncheck({entry_point})\n"
             f"print({token!r}, flush=True)\n")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples with ``c`` correct: ``1 - C(n-c, k) / C(n, k)``.
-
-    Computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)`` (Chen et al. 2021), stable for any n.
-
-    >>> pass_at_k(10, 0, 1), pass_at_k(10, 10, 5), round(pass_at_k(10, 3, 1), 6), pass_at_k(5, 3, 3)
-    (0.0, 1.0, 0.3, 1.0)
-    >>> round(pass_at_k(200, 1, 100), 6)  # one correct in 200: half of the 100-subsets contain it
-    0.5
-    """
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
-
-
-def mean_pass_at_k(n: npt.ArrayLike, c: npt.ArrayLike, k: int) -> float:
-    """The mean of :func:`pass_at_k` over problems (``n``, ``c`` per problem)."""
-    pairs = list(zip(np.asarray(n).tolist(), np.asarray(c).tolist(), strict=True))
-    if not pairs:
-        raise ValueError("pass@k of zero problems")
-    return float(np.mean([pass_at_k(int(a), int(b), k) for a, b in pairs]))
 
 
 def pass_counts(scores: Scores, prompt_index: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], ...]:

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from synthloop.diagnostics.stage import View
+from synthloop.passk import pass_at_k
 from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
 
@@ -258,19 +259,6 @@ def build_pools(levels: Sequence[Level], *, train_size: int, eval_size: int, n_s
     # the shots mix all levels; a fixed interleaving keeps the prompt the same for every question
     mixed = [shots[i * n_shots + j] for j in range(n_shots) for i in range(len(levels))][:n_shots]
     return Pools(train=train, held_out=held_out, shots=mixed)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased pass@k from n samples of which c passed: 1 - C(n - c, k) / C(n, k).
-
-    >>> pass_at_k(8, 2, 1), pass_at_k(8, 0, 8), pass_at_k(8, 1, 8)
-    (0.25, 0.0, 1.0)
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 def prompts_for(problems: Sequence[Problem], index: Sequence[int], shots: Sequence[Problem], *,
