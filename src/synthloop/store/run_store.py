@@ -542,9 +542,21 @@ class RunStore:
 
     def ledger(self) -> pa.Table:
         """``ledger.parquet``, checked (empty before the first iteration is committed)."""
-        if LEDGER not in self.manifest().files:
+        entry = self.manifest().files.get(LEDGER)
+        if entry is None:
             return ledger_table([])
-        return self.read_table(LEDGER)
+        try:
+            return self.read_table(LEDGER)
+        except IntegrityError:
+            # a reader between a commit and its rename of the staged ledger: the committed ledger is
+            # still the pending file (whose sha256 the manifest names); or the rename has just happened
+            staged = self.root / LEDGER_PENDING
+            try:
+                if sha256_file(staged) == entry.sha256:
+                    return pq.read_table(staged)
+            except OSError:
+                pass
+            return self.read_table(LEDGER)
 
     def checkpoint_folders(self, iteration: int) -> dict[str, Path]:
         """Each component's checked checkpoint folder of a committed iteration, by name."""
