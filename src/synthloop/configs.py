@@ -60,6 +60,7 @@ FAMILIES: dict[str, str] = {
     "gaussian": "synthloop.families.gaussian",
     "digits-denoise": "synthloop.families.digits",
     "math": "synthloop.families.math",
+    "active": "synthloop.families.active",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")

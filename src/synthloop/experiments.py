@@ -29,7 +29,7 @@ from synthloop.configs import (
 )
 from synthloop.loop import Components, Report, run
 from synthloop.names import child_path
-from synthloop.policies import PromptScorer, make_prompt_policy
+from synthloop.policies import PromptScorer, UniformPrompts, make_prompt_policy
 from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
 from synthloop.training_set import LabeledSource, make_training_set
@@ -44,8 +44,9 @@ def build_components(config: RunConfig) -> Components:
     components: Components = family.build(config, family.validate(config))
     task = components.task
     try:
-        components.prompt_policy = make_prompt_policy(
-            config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
+        if isinstance(components.prompt_policy, UniformPrompts):  # a family's own policy (active) stays
+            components.prompt_policy = make_prompt_policy(
+                config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
         components.training_set = make_training_set(
             config.training_set, source=task if isinstance(task, LabeledSource) else None)
     except ValueError as error:
