@@ -77,7 +77,7 @@ class StudentScorer:
         if self.kind == "loss_gold":
             completions = [s if self.chat else " " + s for s in prompts.items["solution"]]
             usage["forward_passes"] = float(n)
-            return SeedScores(self._losses(model, prompts, completions), None, usage)
+            return SeedScores(self.losses(model, prompts, completions), None, usage)
         answers = self.sampler.generate(model, prompts, rng=rng)
         completions = list(answers.samples["completion"])
         usage["forward_passes"] = float(n + np.sum(answers.usage["completion_tokens"]))
@@ -95,7 +95,7 @@ class StudentScorer:
         usage["forward_passes"] += float(n)
         if self.kind == "gradient":
             return SeedScores(None, self._gradients(model, prompts, completions), usage)
-        return SeedScores(self._losses(model, prompts, completions), None, usage)
+        return SeedScores(self.losses(model, prompts, completions), None, usage)
 
     def _encode(self, model: HFModel, prompt: str, completion: str) -> tuple[list[int], int]:
         tok = model.tokenizer
@@ -125,7 +125,8 @@ class StudentScorer:
         hidden = out.hidden_states[-1][0, start - 1:-1].float()
         return logits, hidden, torch.tensor(ids[start:])
 
-    def _losses(self, model: HFModel, prompts: Prompts, completions: list[str]) -> npt.NDArray[np.float64]:
+    def losses(self, model: HFModel, prompts: Prompts, completions: list[str]) -> npt.NDArray[np.float64]:
+        """Mean token loss of each completion given its training prompt (no update)."""
         values = []
         for ids, start in self._rows(model, prompts, completions):
             logits, _, targets = self._forward(model, ids, start)

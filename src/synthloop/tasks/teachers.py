@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
@@ -108,12 +108,14 @@ class SeedTask:
     read; ``verifier`` is the teacher's check; evaluation is the math task's (held-out accuracy).
     """
 
-    def __init__(self, task: MathTask, *, mode: str, verifier: TeacherVerifier | None = None) -> None:
+    def __init__(self, task: MathTask, *, mode: str, verifier: TeacherVerifier | None = None,
+                 extra_metrics: Callable[[Any, Prompts], Mapping[str, float]] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.task = task
         self.mode = mode
         self._verifier = verifier or TeacherVerifier(mode=mode)
+        self.extra_metrics = extra_metrics  # more held-out metrics of the model (gold-solution loss)
         kinds: list[str] = []
         for k, level in enumerate(task.levels):
             seeds = np.random.SeedSequence(task.data_seed, spawn_key=(k,)).generate_state(3)
@@ -153,7 +155,13 @@ class SeedTask:
         return self.prompts_at(rng.choice(self.pool_size, size=n).astype(np.int64))
 
     def evaluate(self, model: Any, *, rng: np.random.Generator) -> dict[str, float]:
-        return self.task.evaluate(model, rng=rng)
+        metrics = self.task.evaluate(model, rng=rng)
+        if self.extra_metrics is not None:
+            held_out = self.task.held_out_prompts()
+            problems = self.task.pools_.held_out
+            held_out = Prompts(held_out.index, {**held_out.items, "solution": [p.solution for p in problems]})
+            metrics.update(self.extra_metrics(model, held_out))
+        return metrics
 
 
 # -- the programmatic teacher ---------------------------------------------------------------------
