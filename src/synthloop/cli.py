@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synthloop.configs import ConfigError, load_config, make_planner
+from synthloop.configs import ConfigError, declared_usage, family_for, load_config, make_planner
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
 from synthloop.records import IterationRecord
@@ -94,6 +94,11 @@ def plan(config: ConfigArg) -> None:
     console.print(f"{len(rows)} iterations; plan uses {used:.6g} of {cfg.budget.total:g} "
                   f"({100 * used / cfg.budget.total:.1f}%), assuming acceptance rate "
                   f"{planner.acceptance_rate:g}")
+    family = family_for(cfg)
+    usage = declared_usage(cfg, family, family.validate(cfg))  # what each stage reports, per draw
+    console.print("expected usage per draw: " + "; ".join(
+        f"{stage} " + ", ".join(f"{q} {v:.4g}" for q, v in quantities.items())
+        for stage, quantities in usage.items() if quantities and stage != "train"))
 
 
 @app.command()
