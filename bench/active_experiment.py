@@ -34,9 +34,9 @@ from synthloop.store import RunStore
 TASKS: dict[str, dict[str, Any]] = {
     "chain_sum": {"levels": [{"name": "sum3", "dataset": "chain_sum",
                               "params": {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}}],
-                  "max_new_tokens": 28, "eval_size": 40,
+                  "max_new_tokens": 24, "eval_size": 24,
                   "model": {"n_positions": 128, "vocab_size": 256, "seed_problems": 400}},
-    "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 80, "eval_size": 16,
+    "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 64, "eval_size": 12,
                      "model": {"n_positions": 512, "vocab_size": 512, "seed_problems": 300}},
 }
 STUDENTS: dict[str, dict[str, Any]] = {
