@@ -172,7 +172,7 @@ def fresh_problem(kind: Mapping[str, Any], seed: int) -> tuple[str, str, str]:
     import reasoning_gym
 
     if kind["dataset"] == "gsm_symbolic":
-        generators = reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0).generators  # type: ignore[attr-defined]
+        generators = reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0).generators
         entry = generators[int(kind["template"])](Random(seed), 1.0)
         entry["question"] += GSM_SUFFIX  # as reasoning-gym's dataset words every question
     else:
