@@ -32,16 +32,19 @@ from synthloop.experiments import build_components, run_config
 from synthloop.store import RunStore
 
 TASKS: dict[str, dict[str, Any]] = {
-    "chain_sum": {"levels": [{"name": "sum3", "dataset": "chain_sum",
-                              "params": {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}}],
-                  "max_new_tokens": 24, "eval_size": 24,
-                  "model": {"n_positions": 128, "vocab_size": 256, "seed_problems": 400}},
-    "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 64, "eval_size": 12,
-                     "model": {"n_positions": 512, "vocab_size": 512, "seed_problems": 300}},
+    # several kinds of seed (2 to 4 terms, 1 or 2 digits): the programmatic teacher conditions on the
+    # seed's kind only, so with a single kind every selector would get the same teacher examples
+    "chain_sum": {"levels": [{"name": "sum", "dataset": "chain_sum",
+                              "params": {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2}}],
+                  "max_new_tokens": 32, "eval_size": 24},
+    "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 64, "eval_size": 12},
 }
-STUDENTS: dict[str, dict[str, Any]] = {
-    "scratch": {"kind": "scratch", "n_layer": 2, "n_embd": 64, "n_head": 4, "pretrain_steps": 120},
-}
+#: the students: "scratch" is the math family's from-scratch GPT-2 (2 layers, 64 wide) pretrained on
+#: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from where ``--scratch`` cached it
+STUDENTS: dict[str, dict[str, Any]] = {"scratch": {"kind": "pretrained"}}
+
+
+SCRATCH = Path("/tmp/act/cache/scratch-5d674ce9dea4f37d")
 
 
 def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def config(task: str, student: str, selector: str, seed: int, sizes: list[int], 
         "task": {"kind": "active", "levels": spec["levels"], "train_size": 300, "eval_size": spec["eval_size"],
                  "data_seed": 0, "mode": "new_question", "seeds": {"selector": selector, "candidates": candidates},
                  "student": {"max_new_tokens": spec["max_new_tokens"], "batch_size": 32, "eval_batch_size": 32}},
-        "model": {**STUDENTS[student], **spec["model"]},
+        "model": {**STUDENTS[student], "source": str(SCRATCH)},
         "generator": {"kind": "programmatic"},
         "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 8, "epochs": 2, "reset": "restart", "bf16": False},
         "selector": {"kind": "passed"},
@@ -104,17 +107,19 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", default=list(STUDENTS))
     parser.add_argument("--selectors", nargs="+", default=[*SELECTORS, "static"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--random-factor", type=int, default=2, help="random runs this many times as long")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--candidates", type=float, default=2.0)
     args = parser.parse_args()
     done = {json.dumps(r["key"]) for r in map(json.loads, args.out.read_text().splitlines())} \
         if args.out.exists() else set()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for task in args.tasks:
             for student in args.students:
                 for selector in args.selectors:
-                    for sizes, name in plan(selector, args.k, args.iterations):
+                    for sizes, name in plan(selector, args.k, args.iterations, args.random_factor):
                         key = {"task": task, "student": student, "selector": name, "seed": seed, "sizes": sizes}
                         if json.dumps(key) in done:
                             continue
@@ -125,11 +130,11 @@ def main() -> None:
                         print(f"{key} {result['curve'][-1]} {result['seconds']:.0f}s", flush=True)
 
 
-def plan(selector: str, k: int, iterations: int) -> list[tuple[list[int], str]]:
+def plan(selector: str, k: int, iterations: int, random_factor: int) -> list[tuple[list[int], str]]:
     """The runs of one selector: static trains once at every budget point; random runs twice as long."""
     if selector == "static":
         return [([k * t], "static") for t in range(1, iterations + 1)]
-    return [([k] * (2 * iterations if selector == "random" else iterations), selector)]
+    return [([k] * (random_factor * iterations if selector == "random" else iterations), selector)]
 
 
 if __name__ == "__main__":

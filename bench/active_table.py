@@ -47,13 +47,13 @@ def at_budget(curve: list[tuple[float, float, float]], budget: float, axis: int)
     return within[-1][2]
 
 
-def curves(runs: list[dict[str, Any]]) -> tuple[dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
+def curves(runs: list[dict[str, Any]], force: str | None = None) -> tuple[dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
                                                  dict[str, str]]:
     """(task, student, selector) -> one curve per seed; static's one-point runs are joined by seed."""
     metric = {}
     for task in {r["key"]["task"] for r in runs}:
         accuracies = [it.get("accuracy", 0.0) for r in runs if r["key"]["task"] == task for it in r["curve"]]
-        metric[task] = "accuracy" if any(a > 0 for a in accuracies) else "gold_loss"
+        metric[task] = force or ("accuracy" if any(a > 0 for a in accuracies) else "gold_loss")
     grouped: dict[tuple[str, str, str], dict[int, list[tuple[float, float, float]]]] = defaultdict(dict)
     for run in sorted(runs, key=lambda r: sum(r["key"]["sizes"])):
         key = run["key"]
@@ -154,7 +154,7 @@ def random_needs(table: dict[tuple[str, str, str], list[list[tuple[float, float,
         target = float(np.mean([at_budget(c, final, 0) for c in table[(task, student, best)]]))
         randoms = table[(task, student, "random")]
         levels = sorted({p[0] for c in randoms for p in c})
-        needed = next((b for b in levels if np.mean([at_budget(c, b, 0) for c in randoms]) >= target), None)
+        needed = next((b for b in levels if b > 0 and np.mean([at_budget(c, b, 0) for c in randoms]) >= target), None)
         shown = f"{needed:g}" if needed is not None else f"> {levels[-1]:g}"
         ratio = f"{needed / final:.2f}x" if needed is not None else f"> {levels[-1] / final:.2f}x"
         lines.append(f"| {task} | {student} | {best} | {target:.3f} at {final:g} | {shown} samples | {ratio} |")
@@ -213,18 +213,22 @@ def main() -> None:
     parser.add_argument("--png", type=Path, required=True)
     args = parser.parse_args()
     runs = load(args.results)
-    table, metric = curves(runs)
     from synthloop.active.policy import SELECTORS
 
-    order = [s for s in [*SELECTORS, "static"] if any(sel == s for _, _, sel in table)]
-    means = cells(table)
-    text = ["## Learning curves", *curve_table(table, metric, order),
-            "\n## Pairwise win-rate matrix (task x student x budget cells, samples and tokens)\n",
-            *win_matrix(means, order),
-            "\n## How much data random selection needs to match the best active selector\n",
-            *random_needs(table, order), "\n## What each selector cost\n", *cost_table(runs, order)]
+    text: list[str] = []
+    for force in ("accuracy", "gold_loss"):
+        table, metric = curves(runs, force)
+        order = [s for s in [*SELECTORS, "static"] if any(sel == s for _, _, sel in table)]
+        name = "held-out accuracy" if force == "accuracy" else "minus the held-out gold-solution loss"
+        text += [f"## Metric: {name}\n", "### Learning curves", *curve_table(table, metric, order),
+                 "\n### Pairwise win-rate matrix (task x student x budget cells, samples and tokens)\n",
+                 *win_matrix(cells(table), order),
+                 "\n### How much data random selection needs to match the best active selector\n",
+                 *random_needs(table, order), ""]
+        if force == "gold_loss":
+            plot(table, metric, order, args.png)
+    text += ["## What each selector cost\n", *cost_table(runs, order)]
     args.md.write_text("\n".join(text) + "\n")
-    plot(table, metric, order, args.png)
     print("\n".join(text))
 
 
