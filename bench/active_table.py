@@ -77,14 +77,14 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
 def budgets(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]], task: str,
             student: str) -> tuple[list[float], list[float]]:
     """Sample budgets: those of the active runs; token budgets: the same fractions of the median
-    teacher tokens the non-judge active runs spend in all."""
+    teacher tokens the non-judge active runs spend in all, plus 5% (their spread per iteration)."""
     active = [c for (t, s, sel), cs in table.items() if (t, s) == (task, student) and sel not in ("random", "static")
               for c in cs]
     samples = sorted({p[0] for c in active for p in c[1:]})
     plain = [c[-1][1] for (t, s, sel), cs in table.items() if (t, s) == (task, student)
              and sel not in ("random", "static", "judge", "judge_hard") for c in cs]
     final = float(np.median(plain)) if plain else 0.0
-    tokens = [final * b / samples[-1] for b in samples] if samples else []
+    tokens = [1.05 * final * b / samples[-1] for b in samples] if samples else []  # 5%: per-iteration spread
     return samples, tokens
 
 
