@@ -91,7 +91,7 @@ BAD: dict[str, tuple[dict[str, object], str]] = {
     "empty schedule list": ({"schedule": {"kind": "explicit", "values": []}},
                             "schedule.explicit.values: List should have at least 1 item"),
     "unknown schedule kind": ({"schedule": {"kind": "cosine", "n0": 10}}, "schedule.kind: unknown kind 'cosine'; allowed: "),
-    "unknown task kind": ({"task": {"kind": "sudoku"}}, "task.kind: unknown kind 'sudoku'; allowed: digits-denoise, gaussian, math"),
+    "unknown task kind": ({"task": {"kind": "sudoku"}}, "task.kind: unknown kind 'sudoku'; allowed: active, digits-denoise, gaussian, math"),
     "task field": ({"task__sigma": 0}, "task.sigma: Input should be greater than 0"),
     "auto n0 without iterations": ({"schedule": {"kind": "constant", "n0": "auto"}}, "needs 'iterations'"),
     "missing section": ({"budget": DELETE}, "budget: required field is missing"),
