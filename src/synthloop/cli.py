@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from synthloop.budget import AdaptivePlanner
-from synthloop.configs import ConfigError, RunConfig, config_differences, load_config, make_planner
+from synthloop.configs import (
+    ConfigError,
+    RunConfig,
+    config_differences,
+    declared_usage,
+    family_for,
+    load_config,
+    make_planner,
+)
 from synthloop.faults import Faults, fsync_from_environment
 from synthloop.names import child_path
 from synthloop.records import IterationRecord
@@ -113,6 +121,11 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
                   f"{planner.acceptance_rate:g}")
     if isinstance(planner, AdaptivePlanner):
         console.print(f"{planner.describe()}: only this prefix is known before the run")
+    family = family_for(cfg)
+    usage = declared_usage(cfg, family, family.validate(cfg))  # what each stage reports, per draw
+    console.print("expected usage per draw: " + "; ".join(
+        f"{stage} " + ", ".join(f"{q} {v:.4g}" for q, v in quantities.items())
+        for stage, quantities in usage.items() if quantities and stage != "train"))
 
 
 @app.command()

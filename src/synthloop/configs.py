@@ -74,6 +74,7 @@ FAMILIES: dict[str, str] = {
     "math": "synthloop.families.math",
     "code": "synthloop.families.code",
     "data": "synthloop.families.data",
+    "active": "synthloop.families.active",
 }
 
 QUANTITIES = ("samples", "tokens", "prompt_tokens", "completion_tokens", "forward_passes", "flops", "seconds")

@@ -28,7 +28,7 @@ from synthloop.configs import (
 from synthloop.diagnostics.stage import Diagnose
 from synthloop.loop import Components, Report, run
 from synthloop.metric_ranges import clamp_interval
-from synthloop.policies import PromptScorer, make_prompt_policy
+from synthloop.policies import PromptScorer, UniformPrompts, make_prompt_policy
 from synthloop.records import IterationRecord
 from synthloop.store import CONFIG, RunDirectoryError, RunStore, RunStoreFactory
 from synthloop.thirdparty import THIRDPARTY_LOG, routed
@@ -44,8 +44,9 @@ def build_components(config: RunConfig) -> Components:
     components: Components = family.build(config, family.validate(config))
     task = components.task
     try:
-        components.prompt_policy = make_prompt_policy(
-            config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
+        if isinstance(components.prompt_policy, UniformPrompts):  # a family's own policy (active) stays
+            components.prompt_policy = make_prompt_policy(
+                config.prompt_policy, task, scorer=task if isinstance(task, PromptScorer) else None)
         components.training_set = make_training_set(
             config.training_set, source=task if isinstance(task, LabeledSource) else None)
     except ValueError as error:
