@@ -16,7 +16,7 @@ import yaml
 
 from crashsafe_support import FAST, ROOT, snapshot
 from ray_support import AlwaysDies, DiesOnce
-from synthloop.configs import RunConfig, parse_config
+from synthloop.configs import ConfigError, RunConfig, parse_config
 from synthloop.engines.ray import (
     ActorShards,
     FanOutError,
@@ -148,3 +148,20 @@ def test_compare_cells_as_ray_tasks_give_the_same_table(cluster: None, tmp_path:
     assert on_ray == inline
     assert (tmp_path / "ray" / "table.md").read_text() == (tmp_path / "inline" / "table.md").read_text()
     assert ray.is_initialized()  # a cluster it did not start is left running
+
+
+def test_the_engine_section_fans_a_configured_run_out_and_the_run_keeps_it(cluster: None, serial: dict,
+                                                                         tmp_path: Path) -> None:
+    """``engine: {kind: ray}`` in the YAML gives the run the Python wiring gives; the run's config.yaml keeps it for resume."""
+    config = tiny_config(engine={"kind": "ray", "workers": 2, "shard_size": SHARD})
+    run_dir = tmp_path / "run"
+    run_config(config, run_dir=run_dir, open_store=FAST)
+    assert snapshot(run_dir) == serial
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["engine"]["shard_size"] == SHARD
+
+
+def test_a_bad_engine_section_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"engine\.workers"):
+        tiny_config(engine={"kind": "ray", "workers": 0})
+    with pytest.raises(ConfigError, match=r"engine\.kind"):
+        tiny_config(engine={"kind": "dask"})

@@ -160,6 +160,19 @@ class DiagnoseConfig(Strict):
     reference_samples: Annotated[int, Field(ge=6, le=100_000)] = 500
 
 
+class EngineConfig(Strict):
+    """``engine: {kind: ray, address: local, workers: 2, shard_size: 256}``: each part's generation and
+    verification fan out over a pool of Ray actors, one generator and verifier per actor, with
+    per-shard seeds, so the samples depend on ``shard_size`` but not on ``workers``
+    (``docs/scale-out.md``). Unset: everything runs in this process."""
+
+    kind: Literal["ray"]
+    address: Annotated[str, Field(min_length=1, max_length=500)] = "local"  # local | auto | ray://...
+    workers: Annotated[int, Field(ge=1, le=100_000)] = 2
+    shard_size: Annotated[int, Field(ge=1, le=MAX_SELECTED)] = 256
+    max_redo: Annotated[int, Field(ge=0, le=1000)] = 3  # dead actors tolerated per part
+
+
 class CompareConfig(Strict):
     schedules: Annotated[dict[str, ScheduleConfig], Field(min_length=1)]
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 3
@@ -190,6 +203,7 @@ class RunConfig(Strict):
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
     diagnose: DiagnoseConfig | None = None
+    engine: EngineConfig | None = None
     compare: CompareConfig | None = None
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ import datetime as dt
 import math
 import platform
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -105,14 +105,30 @@ def run_config(
 ) -> list[IterationRecord]:
     """Run ``config``; with ``run_dir`` set, write the run directory there (``open_store(run_dir)``)."""
     planner = make_planner(config)
-    with _thirdparty_to(run_dir):
-        components = components or build_components(config)
+    with _thirdparty_to(run_dir), on_engine(config, components or build_components(config)) as components:
         store = None
         if run_dir is not None:
             store = open_store(run_dir)
             store.create(resolved_config_text(config), overwrite=overwrite)
         return run(components, planner, config.budget.cost_model(), loop_settings(config),
                    seed=config.seed, store=store, report=report)
+
+
+@contextlib.contextmanager
+def on_engine(config: RunConfig, components: Components) -> Iterator[Components]:
+    """``components`` as the config's ``engine`` runs them: here, or fanned out over Ray actors
+    (started here and stopped after; Ray is imported only when an engine is set)."""
+    if config.engine is None:
+        yield components
+        return
+    from synthloop.engines.ray import actor_shards, fan_out
+
+    engine = config.engine
+    shards = actor_shards(components, workers=engine.workers, address=engine.address, max_redo=engine.max_redo)
+    try:
+        yield fan_out(components, shards, shard_size=engine.shard_size)
+    finally:
+        shards.close()
 
 
 def _thirdparty_to(run_dir: Path | None) -> contextlib.AbstractContextManager[object]:
@@ -133,8 +149,8 @@ def resume_run(run_dir: Path, *, report: Report | None = None,
     except ConfigError as error:  # the run directory is at fault, not a file the user passed
         message = str(error) if str(error).startswith(source) else f"{source}: {error}"
         raise RunDirectoryError(message) from None
-    with _thirdparty_to(store.root):
-        history = run(build_components(config), make_planner(config), config.budget.cost_model(),
+    with _thirdparty_to(store.root), on_engine(config, build_components(config)) as components:
+        history = run(components, make_planner(config), config.budget.cost_model(),
                       loop_settings(config), seed=config.seed, store=store, report=report)
     return config, history
 
