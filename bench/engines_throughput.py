@@ -6,6 +6,8 @@ Engines, all sampling at temperature 0.7 over the whole vocabulary, stopping a r
 template), with the same number of threads:
 
 - ``ours``: :class:`synthloop.models.hf.HFGenerator` (bf16 autocast), one batch of ``--batch-size``;
+- ``ours_bf16_weights``: the same with the weights loaded in bf16 (``dtype: bfloat16``), as
+  llama.cpp's BF16 file holds them;
 - ``before``: the same sampler as it was at git revision ``--before`` (same run, same settings);
 - ``generate``: transformers' ``model.generate`` on the same left-padded batch, bf16 autocast;
 - ``llama.cpp``: llama.cpp through llama-cpp-python's low-level API, every prompt its own sequence,
@@ -231,6 +233,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_pretrained(export_smollm2())
+    bf16_model = load_pretrained(export_smollm2(), dtype="bfloat16")
     texts, prompts = word_problems(model.tokenizer, args.prompts)
     gguf_file = bf16_gguf(smollm2_gguf_path(), cache_dir() / "SmolLM2-135M-Instruct.BF16.gguf")
     longest = max(len(p) for p in prompts) + max(args.max_new_tokens) + 16
@@ -243,6 +246,7 @@ def main() -> None:
     for new in ([1] if args.phases else []) + args.max_new_tokens:
         engines: dict[str, Callable[[], float]] = {
             "ours": lambda n=new: sampler_run(HFGenerator, model, texts, n, args.batch_size),
+            "ours_bf16_weights": lambda n=new: sampler_run(HFGenerator, bf16_model, texts, n, args.batch_size),
             "llama.cpp": lambda n=new: llama.run(prompts, n, eos)}
         first = new == args.max_new_tokens[0] or new == 1 or args.all_lengths
         if before is not None and first:
@@ -250,7 +254,8 @@ def main() -> None:
         if not args.no_generate and new > 1 and first:
             engines["generate"] = lambda n=new: generate_run(model, prompts, n, args.batch_size)
         if not warm:  # first calls pay one-off costs (kernel set-up, page faults): untimed
-            warm = [run() for run in engines.values()]
+            warm = [sampler_run(HFGenerator, model, texts, 2, args.batch_size), llama.run(prompts, 2, eos),
+                    generate_run(model, prompts, 2, args.batch_size)]
         print(f"-- {new} new tokens", flush=True)
         result[f"new_tokens_{new}"] = summary(alternate(engines, args.repeats), "llama.cpp")
         print(json.dumps(result[f"new_tokens_{new}"]["ratio_to_llama.cpp"]), flush=True)

@@ -439,7 +439,8 @@ class HFGenerator:
 
     def _pick(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One token per row: greedy, or a draw from the temperature-scaled distribution cut to its
-        top-p nucleus."""
+        top-p nucleus. Without a nucleus the draw is ``torch.multinomial`` over the vocabulary, so
+        a seed gives the same tokens as before prompt processing was regrouped."""
         if self.temperature == 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
@@ -454,7 +455,8 @@ NUCLEUS_CANDIDATES = 64  # tokens ranked before falling back to sorting the whol
 def _nucleus_draw(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
     """A draw from each row's smallest set of most likely tokens whose mass reaches ``top_p`` (the
     top token always stays). The set almost always lies among the few most likely tokens: ranking
-    those is much cheaper than sorting a large vocabulary, which is done only when a row needs it."""
+    those and drawing among them is much cheaper than sorting a large vocabulary, which is done
+    only when a row needs it."""
     k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     ranked, order = probs.topk(k, dim=-1)
     if k < probs.shape[-1] and bool((ranked.sum(-1) < top_p).any()):
