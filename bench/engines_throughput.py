@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -245,14 +246,14 @@ def main() -> None:
     warm: list[float] = []
     for new in ([1] if args.phases else []) + args.max_new_tokens:
         engines: dict[str, Callable[[], float]] = {
-            "ours": lambda n=new: sampler_run(HFGenerator, model, texts, n, args.batch_size),
-            "ours_bf16_weights": lambda n=new: sampler_run(HFGenerator, bf16_model, texts, n, args.batch_size),
-            "llama.cpp": lambda n=new: llama.run(prompts, n, eos)}
+            "ours": partial(sampler_run, HFGenerator, model, texts, new, args.batch_size),
+            "ours_bf16_weights": partial(sampler_run, HFGenerator, bf16_model, texts, new, args.batch_size),
+            "llama.cpp": partial(llama.run, prompts, new, eos)}
         first = new == args.max_new_tokens[0] or new == 1 or args.all_lengths
         if before is not None and first:
-            engines["before"] = lambda n=new: sampler_run(before, model, texts, n, args.batch_size)
+            engines["before"] = partial(sampler_run, before, model, texts, new, args.batch_size)
         if not args.no_generate and new > 1 and first:
-            engines["generate"] = lambda n=new: generate_run(model, prompts, n, args.batch_size)
+            engines["generate"] = partial(generate_run, model, prompts, new, args.batch_size)
         if not warm:  # first calls pay one-off costs (kernel set-up, page faults): untimed
             warm = [sampler_run(HFGenerator, model, texts, 2, args.batch_size), llama.run(prompts, 2, eos),
                     generate_run(model, prompts, 2, args.batch_size)]
