@@ -156,6 +156,7 @@ def test_the_loss_on_the_gold_answer_is_the_learners_loss(tiny: tuple[RunConfig,
     prompts = task.prompts_at(np.arange(3))
     scorer = StudentScorer("loss_gold", HFGenerator(max_new_tokens=4))
     values = scorer.score(learner.model, prompts, rng=np.random.default_rng(0)).values
+    assert values is not None
     for i in range(3):
         row = Candidates(samples={"question_prompt": [prompts.items["question_prompt"][i]],
                                   "completion": [" " + prompts.items["solution"][i]]},
@@ -169,6 +170,7 @@ def test_the_gradient_embedding_is_the_output_layers_loss_gradient(tiny: tuple[R
     scorer = StudentScorer("gradient", HFGenerator(max_new_tokens=4))
     prompts = task.prompts_at(np.arange(2))
     embedding = scorer.score(model, prompts, rng=np.random.default_rng(0)).embeddings
+    assert embedding is not None
     answers = scorer.sampler.generate(model, prompts, rng=np.random.default_rng(0)).samples["completion"]
     for i, (ids, start) in enumerate(scorer._rows(model, prompts, list(answers))):
         _, hidden, _ = scorer._forward(model, ids, start)
@@ -183,6 +185,7 @@ def test_minilm_embeds_similar_questions_closer() -> None:
              "The train leaves Paris at noon at 80 km per hour."]
     vectors = SentenceEmbedder().score(None, Prompts(np.arange(3), {"question": texts}),
                                        rng=np.random.default_rng(0)).embeddings
+    assert vectors is not None
     assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
 
@@ -204,6 +207,7 @@ def test_the_reward_scorer_marks_failed_seeds_hard(tiny: tuple[RunConfig, object
     answers = HFGenerator(max_new_tokens=6).generate(parts.learner.model, prompts,  # type: ignore[attr-defined]
                                                      rng=np.random.default_rng(0))
     passed = MathVerifier().verify(answers, prompts).verdict == Verdict.PASS
+    assert scored.values is not None
     assert scored.values.tolist() == np.where(passed, 0.0, 1.0).tolist()
 
 

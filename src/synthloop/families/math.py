@@ -231,6 +231,10 @@ class MathFamily:
             raise ConfigError(f"task.levels: level names must be unique, got {names}")
         if isinstance(model, ScratchModelConfig) and model.n_embd % model.n_head:
             raise ConfigError("model.n_embd: must be a multiple of model.n_head")
+        if isinstance(generator, OpenAIGeneratorConfig) and (
+                task.labeler is not None or not isinstance(task.filter, GoldFilterConfig) or task.eval_samples):
+            raise ConfigError("task.labeler / task.filter / task.eval_samples: not supported with generator.kind "
+                              "'openai' yet (they sample with the in-process generator); use kind 'hf'")
         if isinstance(generator, OpenAIGeneratorConfig) and task.rationalize:
             raise ConfigError("task.rationalize: not supported with generator.kind 'openai' (a served "
                               "teacher's failed requests would be retried as hints); use kind 'hf'")
@@ -378,13 +382,14 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
                                  max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat,
                                  progress="evaluating on the held-out problems")
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
-    outside_signal(task, settings, model, chat=chat)
+    outside_signal(task, settings, g, chat=chat)
     return Components(task=task, generator=generator, selector=make_selector(config.selector),
                       learner=sft_learner(settings.learner, model, chat=chat))
 
 
-def outside_signal(task: MathTask, settings: MathSettings, model: HFModel, *, chat: bool) -> None:
-    """Escaping Collapse's parts of the task: its filter, its labeler, sampled pass@k."""
+def outside_signal(task: MathTask, settings: MathSettings, g: GeneratorConfig, *, chat: bool) -> None:
+    """Escaping Collapse's parts of the task: its filter, its labeler, sampled pass@k (an in-process
+    generator's settings ``g``: the config edge refuses them beside a served generator)."""
     from functools import partial
 
     from synthloop.models.hf import HFGenerator
@@ -392,7 +397,7 @@ def outside_signal(task: MathTask, settings: MathSettings, model: HFModel, *, ch
     from synthloop.signals.source import LabeledPrompts
     from synthloop.tasks.math import answer_key
 
-    t, g = settings.task, settings.generator
+    t = settings.task
     if isinstance(t.filter, NoisyFilterConfig):
         task.filter = NoisyFilter(task.gold, false_accept=t.filter.false_accept,
                                   false_reject=t.filter.false_reject, seed=t.filter.seed)
