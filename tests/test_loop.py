@@ -135,8 +135,11 @@ def test_run_directory_layout_and_contents(tmp_path):
         assert selected.num_rows == metrics.n_selected
         x = column_to_numpy(selected, "sample.x")
         assert x.shape == (metrics.n_selected, 2)
-        # Checkpoints of the last K (= 3 by default) iterations are kept, older ones pruned.
-        assert (folder / "checkpoint" / "learner" / "theta.json").exists() == (t >= len(history) - 3)
+        # Checkpoints of the last K (loop.keep_checkpoints, 2 by default) iterations are kept, older ones
+        # pruned (every 5th is kept too; this run has none before the last K).
+        keep = LoopSettings().keep_checkpoints
+        assert keep == 2
+        assert (folder / "checkpoint" / "learner" / "theta.json").exists() == (t >= len(history) - keep)
     # The learner checkpoint of the last iteration is the model the run ended with.
     last = json.loads((tmp_path / "run" / f"iter-{len(history) - 1:04d}" / "checkpoint" / "learner" / "theta.json").read_text())
     gap = PROBLEM.optimal_reward - float(PROBLEM.reward_of(np.array(last["theta"])))

@@ -282,6 +282,9 @@ PROMPT_CHARS: dict[str, float] = {
     # examples/math-smollm2.yaml, examples/math-smollm2-full.yaml
     '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
     '"min_terms": 2}]], "shots": 3, "style": "chat"}': 187.0,
+    # examples/math-diagnose.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}]], "shots": 0, "style": "few_shot"}': 85.0,
 }
 
 

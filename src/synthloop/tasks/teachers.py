@@ -66,8 +66,8 @@ JUDGE_PROMPT = ("Rate the student's answer from 0 (wrong) to 10 (fully right and
 def text_tokens(text: str) -> int:
     """Tokens of a text as the programmatic teacher counts them: words, numbers and punctuation marks.
 
-    >>> text_tokens("Tom has 12 apples, and eats 3.")
-    8
+    >>> text_tokens("Tom has 12 apples, and eats 3.")  # Tom has 12 apples , and eats 3 .
+    9
     """
     return len(_TOKEN.findall(text))
 
