@@ -40,21 +40,19 @@ TASKS: dict[str, dict[str, Any]] = {
     "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 64, "eval_size": 12},
 }
 #: the students: "scratch" is the math family's from-scratch GPT-2 (2 layers, 64 wide) pretrained on
-#: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from where ``--scratch`` cached it
+#: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from ``--student-path``
 STUDENTS: dict[str, dict[str, Any]] = {"scratch": {"kind": "pretrained"}}
 
 
-SCRATCH = Path("/tmp/act/cache/scratch-5d674ce9dea4f37d")
-
-
-def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float) -> dict[str, Any]:
+def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float,
+           source: Path) -> dict[str, Any]:
     spec = TASKS[task]
     return {
         "name": f"{task}-{student}-{selector}-s{seed}-{sum(sizes)}", "seed": seed,
         "task": {"kind": "active", "levels": spec["levels"], "train_size": 300, "eval_size": spec["eval_size"],
                  "data_seed": 0, "mode": "new_question", "seeds": {"selector": selector, "candidates": candidates},
                  "student": {"max_new_tokens": spec["max_new_tokens"], "batch_size": 32, "eval_batch_size": 32}},
-        "model": {**STUDENTS[student], "source": str(SCRATCH)},
+        "model": {**STUDENTS[student], "source": str(source)},
         "generator": {"kind": "programmatic"},
         "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 8, "epochs": 2, "reset": "restart", "bf16": False},
         "selector": {"kind": "passed"},
@@ -103,6 +101,8 @@ def one_run(data: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--student-path", type=Path, required=True,
+                        help="the pretrained student: a checkpoint folder (the math family's scratch cache)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--students", nargs="+", default=list(STUDENTS))
     parser.add_argument("--selectors", nargs="+", default=[*SELECTORS, "static"])
@@ -124,7 +124,7 @@ def main() -> None:
                         if json.dumps(key) in done:
                             continue
                         result = one_run(config(task, student, "random" if name == "static" else selector,
-                                                seed, sizes, args.candidates))
+                                                seed, sizes, args.candidates, args.student_path))
                         with args.out.open("a") as out:
                             out.write(json.dumps({"key": key, **result}) + "\n")
                         print(f"{key} {result['curve'][-1]} {result['seconds']:.0f}s", flush=True)
