@@ -54,6 +54,16 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def spawn_script(script: Path, run_dir: Path, trace: Path, stderr: Path, *, delay: float) -> subprocess.Popen[bytes]:
+    """Start ``python SCRIPT RUN_DIR`` (a helper module of tests/) sleeping ``delay`` at every fault
+    point and tracing them to ``trace``; its stderr goes to the file ``stderr``."""
+    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(delay), "SYNTHLOOP_FAULT_TRACE": str(trace)})
+    env["PYTHONPATH"] = f"{Path(__file__).resolve().parent}:{env['PYTHONPATH']}"
+    with open(stderr, "wb") as errors:
+        return subprocess.Popen([sys.executable, str(script), str(run_dir)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=errors)
+
+
 def without_seconds(value: Any) -> Any:
     """Wall-clock times differ between any two runs; everything else must not."""
     if isinstance(value, dict):

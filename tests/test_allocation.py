@@ -11,7 +11,6 @@ pass rates, ledger and checkpoints as an uninterrupted one.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from collapse_support import BUDGET, TableTask, run_table, table_components
-from crashsafe_support import ROOT, cli_env, kill_repeatedly, snapshot
+from crashsafe_support import ROOT, kill_repeatedly, snapshot, spawn_script
 from synthloop.configs import ConfigError, parse_config
 from synthloop.policies import HardestFirst, HardestFirstConfig, make_prompt_policy
 from synthloop.records import Candidates, Observations, Prompts
@@ -170,11 +169,7 @@ SCRIPT = ROOT / "tests" / "collapse_support.py"
 
 
 def _spawn(run_dir: Path, trace: Path, stderr: Path) -> subprocess.Popen[bytes]:
-    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
-    env["PYTHONPATH"] = f"{ROOT / 'tests'}:{env['PYTHONPATH']}"
-    with open(stderr, "wb") as errors:
-        return subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=errors)
+    return spawn_script(SCRIPT, run_dir, trace, stderr, delay=DELAY)
 
 
 def _policy_state(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:

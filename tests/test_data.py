@@ -7,7 +7,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from synthloop.tasks.data import (  # noqa: E402
     split_examples,
 )
 from synthloop.testing import check_task, check_verifier  # noqa: E402
+from torch_threads import one_thread  # noqa: E402, F401  (autouse: one torch thread for this module)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +76,6 @@ def config(tmp: Path, data: Path, **task: object) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models are all small matmuls: one thread beats two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

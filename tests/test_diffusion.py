@@ -40,6 +40,7 @@ from synthloop.testing import (  # noqa: E402
     check_task,
     check_verifier,
 )
+from torch_threads import one_thread  # noqa: E402, F401  (autouse: one torch thread for this module)
 
 NOISE_STEP = 10
 N_EVAL = 32
@@ -65,13 +66,6 @@ def tiny_config(cache: Path, **overrides: Any) -> RunConfig:
     return parse_config(data)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    # Tiny convolutions on a shared 2-core machine run several times faster on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

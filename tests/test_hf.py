@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +39,13 @@ from synthloop.testing import (  # noqa: E402
     check_task,
     check_verifier,
 )
+from torch_threads import one_thread  # noqa: E402, F401  (autouse: one torch thread for this module)
 
 EASY = Level("add1", "chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
 HARDER = Level("add3", "chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1})
 STOP = ("\nQuestion:",)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models are all small matmuls: one thread beats two (OpenMP threads spin and, on a busy
-    machine, wait on each other at every operation)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ one left-padded batch gives; the top-p shortcut draws from exactly the nucleus."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -21,17 +19,12 @@ from synthloop.models.hf import (  # noqa: E402
 )
 from synthloop.models.scratch import TinyGPT2Config, tiny_gpt2, train_tokenizer  # noqa: E402
 from synthloop.records import Prompts  # noqa: E402
+from torch_threads import one_thread  # noqa: E402, F401  (autouse: one torch thread for this module)
 
 TEXTS = ["1 + 2 =", "Question: 3 + 4 + 5 + 6 + 7 + 8 + 9 =\nAnswer:", "9 - 4 =",
          "Question: State the final answer: 9 - 4 + 1 - 2 + 7 - 3 + 8 - 1 =\nAnswer:", "5 + 5 ="]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ bytes."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from crashsafe_support import ROOT, candidate_ids, cli_env, kill_repeatedly, snapshot
+from crashsafe_support import ROOT, candidate_ids, kill_repeatedly, snapshot, spawn_script
 from stages_run import BUDGET, run_stages
 from synthloop.store import RunStore
 
@@ -25,11 +24,7 @@ SCRIPT = ROOT / "tests" / "stages_run.py"
 
 
 def _spawn(run_dir: Path, trace: Path, stderr: Path) -> subprocess.Popen[bytes]:
-    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
-    env["PYTHONPATH"] = f"{ROOT / 'tests'}:{env['PYTHONPATH']}"
-    with open(stderr, "wb") as errors:
-        return subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=errors)
+    return spawn_script(SCRIPT, run_dir, trace, stderr, delay=DELAY)
 
 
 def _state(run_dir: Path) -> dict[str, object]:

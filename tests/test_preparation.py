@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,11 @@ from crashsafe_support import cli_env  # noqa: E402
 from synthloop.configs import ConfigError, parse_config  # noqa: E402
 from synthloop.models.devices import DeviceError, resolve_device, resolve_dtype  # noqa: E402
 from synthloop.testing import check_generator  # noqa: E402
+from torch_threads import one_thread  # noqa: E402, F401  (autouse: one torch thread for this module)
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def data_config(tmp: Path, **model: Any) -> dict[str, Any]:
