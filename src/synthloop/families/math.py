@@ -285,6 +285,11 @@ PROMPT_CHARS: dict[str, float] = {
     # examples/math-diagnose.yaml
     '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
     '"min_terms": 2}]], "shots": 0, "style": "few_shot"}': 85.0,
+    # examples/math-smollm2-schedules.yaml
+    '{"data_seed": 0, "levels": [["chain_sum", {"max_digits": 1, "max_terms": 2, "min_digits": 1, '
+    '"min_terms": 2}], ["basic_arithmetic", {"allow_negation": false, "allow_parentheses": false, '
+    '"max_digits": 1, "max_terms": 2, "min_digits": 1, "min_terms": 2}], ["basic_arithmetic", '
+    '{"max_digits": 1, "max_terms": 2, "min_digits": 1, "min_terms": 2}]], "shots": 3, "style": "chat"}': 154.0,
 }
 
 
