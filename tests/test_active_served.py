@@ -183,7 +183,7 @@ def test_the_judge_selectors_ask_the_served_teacher_for_ratings(mock: MockServer
     data["task"]["seeds"] = {"selector": "judge", "candidates": 1.5}
     parts = build_components(parse_config(data))
     mock.requests.clear()
-    check_prompt_policy(parts.prompt_policy, parts.task, parts.learner.model)  # type: ignore[attr-defined]
+    check_prompt_policy(parts.prompt_policy, parts.task, parts.learner.model)
     judged = [r["messages"][-1]["content"] for r in mock.requests]
     assert judged and all(r["max_tokens"] == 4 and r["temperature"] == 0 for r in mock.requests)
     assert all(text.startswith("Rate the student's answer") for text in judged)
