@@ -8,12 +8,14 @@ seed examples the student chooses (Kessler et al., arXiv 2512.00884; ``docs/acti
                 student: {max_new_tokens, temperature, batch_size, eval_batch_size, bf16}}
     generator: the teacher: {kind: programmatic, max_completion_tokens}
                | {kind: hf, source: <hub id, path or "smollm2">, max_new_tokens, temperature, ...}
-               | {kind: endpoint}  (the hook for an OpenAI-compatible server; see below)
+               | {kind: endpoint, model, base_url, max_tokens, api_key_env, ...}  (an OpenAI-compatible
+                 server: the settings of ``engines.openai_config.OpenAISettings``)
     model:     the student, as in the math family (scratch, tiny, smollm2, pretrained)
     learner:   as in the math family (sft; reset: continue | restart; lora)
     training_set: {kind: accumulate}   (the growing set of teacher examples; any kind works)
 
-The teacher is charged to the ``label`` stage (samples, tokens, prompt_tokens, completion_tokens);
+The teacher is charged to the ``label`` stage (samples, tokens, prompt_tokens, completion_tokens; an
+endpoint's as the server reports them in ``usage``);
 scoring the seed pool to ``score`` (samples, forward_passes of the student, and a judge's tokens).
 Static generation is ``seeds.selector: random`` with one iteration (``schedule: {kind: explicit,
 sizes: [N]}``): the same code, every seed drawn up front.
@@ -23,7 +25,7 @@ Validation and planning import no ML framework; ``build`` imports torch and tran
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,6 +33,7 @@ from pydantic import Field
 
 from synthloop.active.policy import SCORE_OF, ActivePolicy, ActiveSelectorConfig
 from synthloop.configs import ConfigError, RunConfig, Strict, make_selector, validate_kind, validate_section
+from synthloop.engines.openai_config import OpenAISettings
 from synthloop.families.math import MODELS, LearnerConfig, LevelConfig, ModelConfig
 from synthloop.policies import UniformConfig
 from synthloop.strict import Count, Seed
@@ -84,13 +87,14 @@ class HFTeacherConfig(Strict):
     bf16: bool = True
 
 
-class EndpointTeacherConfig(Strict):
-    """An OpenAI-compatible server as teacher: the hook is :class:`~synthloop.tasks.teachers.LLMTeacher`
-    with the endpoint's generator; wiring it here waits for that client (``docs/active.md``)."""
+class EndpointTeacherConfig(OpenAISettings):
+    """A model behind an OpenAI-compatible server as teacher (and judge, for the judge selectors):
+    :class:`~synthloop.tasks.teachers.LLMTeacher` around an ``OpenAIGenerator``. The key is read
+    from ``$<api_key_env>`` when the run starts and never written; ``api`` unset is ``chat`` (the
+    teacher prompt is an instruction)."""
 
     kind: Literal["endpoint"]
-    base_url: Annotated[str, Field(min_length=1)]
-    model: Annotated[str, Field(min_length=1)]
+    max_tokens: Count = 256  # one question and its worked solution
 
 
 TeacherConfig = ProgrammaticTeacherConfig | HFTeacherConfig | EndpointTeacherConfig
@@ -115,9 +119,6 @@ class ActiveFamily:
         if not isinstance(config.prompt_policy, UniformConfig):
             raise ConfigError("prompt_policy: the active family chooses seeds with task.seeds.selector; "
                               "leave prompt_policy unset")
-        if isinstance(teacher, EndpointTeacherConfig):
-            raise ConfigError("generator.kind: 'endpoint' is not wired yet; use 'programmatic' or 'hf', or build "
-                              "tasks.teachers.LLMTeacher around an endpoint generator from Python")
         names = [level.name for level in task.levels]
         if len(set(names)) != len(names):
             raise ConfigError(f"task.levels: level names must be unique, got {names}")
@@ -191,9 +192,11 @@ def build_student(settings: ActiveSettings) -> HFModel:
 
 
 def seed_task(settings: ActiveSettings, student: HFModel) -> SeedTask:
+    """The seed pool and held-out problems; a served teacher's failed requests are ERROR verdicts
+    carrying the request's error (``RequestErrors``), the rest the teacher verifier's."""
     from synthloop.models.hf import HFGenerator
     from synthloop.tasks.math import Level, MathTask
-    from synthloop.tasks.teachers import SeedTask
+    from synthloop.tasks.teachers import SeedTask, TeacherVerifier
 
     t, s = settings.task, settings.task.student
     levels = [Level(lv.name, lv.dataset, dict(lv.params), lv.weight) for lv in t.levels]
@@ -201,7 +204,36 @@ def seed_task(settings: ActiveSettings, student: HFModel) -> SeedTask:
                             batch_size=s.eval_batch_size, bf16=s.bf16, chat=t.style == "chat")
     task = MathTask(levels, evaluator=evaluator, train_size=t.train_size, eval_size=t.eval_size, shots=t.shots,
                     data_seed=t.data_seed, style=t.style)
-    return SeedTask(task, mode=t.mode)
+    verifier: Any = TeacherVerifier(mode=t.mode)
+    if isinstance(settings.teacher, EndpointTeacherConfig):
+        from synthloop.engines.openai_generator import RequestErrors
+
+        verifier = RequestErrors(verifier)
+    return SeedTask(task, mode=t.mode, verifier=verifier)
+
+
+#: a student's answer token takes at most this many UTF-8 bytes in the judge prompt's bound (byte-level
+#: BPE tokens of small vocabularies are short; a longer prompt is an ERROR row, unrated, never sent)
+ANSWER_BYTES_PER_TOKEN = 16
+
+
+def served_generator(spec: EndpointTeacherConfig, texts: Sequence[str], *, extra_bytes: int = 0,
+                     **update: Any) -> Any:
+    """An ``OpenAIGenerator`` on ``spec``'s server (its settings with ``update``), the bound per draw
+    covering the longest of ``texts`` plus ``extra_bytes``: the server's tokenizer is not at hand, so
+    a prompt counts at most one token per UTF-8 byte plus the chat template (``template_tokens``)."""
+    from synthloop.engines.client import Endpoint
+    from synthloop.engines.openai_config import resolve_connection
+    from synthloop.engines.openai_generator import OpenAIGenerator, probe_seed, prompt_token_bound
+
+    try:
+        connection = resolve_connection(spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    endpoint = Endpoint(spec.model_copy(update=update), connection, api=spec.api or "chat")
+    longest = max(prompt_token_bound(text, template_tokens=spec.template_tokens) for text in texts) + extra_bytes
+    honoured = spec.seed_honoured if spec.seed_honoured is not None else probe_seed(endpoint)
+    return OpenAIGenerator(endpoint, max_prompt_tokens=longest, seed_honoured=honoured)
 
 
 def build_teacher(settings: ActiveSettings, task: SeedTask) -> tuple[Any, Any]:
@@ -214,6 +246,9 @@ def build_teacher(settings: ActiveSettings, task: SeedTask) -> tuple[Any, Any]:
         longest = max(text_tokens(teacher_prompt(p.question, p.solution, t.mode)) for p in pool)
         return ProgrammaticTeacher(mode=t.mode, max_prompt_tokens=longest, style=t.style,
                                    max_completion_tokens=spec.max_completion_tokens), None
+    if isinstance(spec, EndpointTeacherConfig):
+        texts = [teacher_prompt(p.question, p.solution, t.mode) for p in pool]
+        return LLMTeacher(served_generator(spec, texts), None, mode=t.mode, style=t.style), None
     assert isinstance(spec, HFTeacherConfig)
     from synthloop.models.hf import HFGenerator, export_smollm2, load_pretrained
 
@@ -228,7 +263,6 @@ def build_scorer(settings: ActiveSettings, task: SeedTask, student: HFModel, tea
     from synthloop.models.hf import HFGenerator, encode_prompt
     from synthloop.models.scoring import SentenceEmbedder, StudentScorer
     from synthloop.tasks.math import MathVerifier
-    from synthloop.tasks.teachers import JUDGE_PROMPT, LLMJudge, ProgrammaticJudge, text_tokens
 
     t, s = settings.task, settings.task.student
     kind = SCORE_OF[t.seeds.selector]
@@ -241,18 +275,26 @@ def build_scorer(settings: ActiveSettings, task: SeedTask, student: HFModel, tea
                   for p in task.prompts_at(_all(task.pool_size)).items["prompt"])
     sampler = HFGenerator(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=s.batch_size,
                           stop_strings=tuple(s.stop_strings), max_prompt_tokens=longest, bf16=s.bf16, chat=chat)
-    judge: Any = None
-    if kind == "judge" and teacher_model is None:
-        pool = task.task.pools_.train
-        bound = max(text_tokens(JUDGE_PROMPT.format(question=p.question, solution=p.solution, answer="")) for p in pool)
-        judge = ProgrammaticJudge(max_prompt_tokens=bound + 4 * s.max_new_tokens)
-    elif kind == "judge":
-        spec = settings.teacher
-        assert isinstance(spec, HFTeacherConfig)
-        judge = LLMJudge(HFGenerator(max_new_tokens=4, temperature=0.0, max_prompt_tokens=spec.max_prompt_tokens,
-                                     bf16=spec.bf16, batch_size=spec.batch_size), teacher_model)
+    judge = build_judge(settings, task, teacher_model) if kind == "judge" else None
     return StudentScorer(kind, sampler, verifier=MathVerifier() if kind == "reward" else None, judge=judge,
                          chat=chat, bf16=s.bf16)
+
+
+def build_judge(settings: ActiveSettings, task: SeedTask, teacher_model: Any) -> Any:
+    """The teacher as judge of the student's answers: the programmatic judge for the programmatic
+    teacher, else the teacher's model (local or served) asked for a rating (4 tokens, greedy)."""
+    from synthloop.models.hf import HFGenerator
+    from synthloop.tasks.teachers import JUDGE_PROMPT, LLMJudge, ProgrammaticJudge, text_tokens
+
+    spec, answer_tokens = settings.teacher, settings.task.student.max_new_tokens
+    empty = [JUDGE_PROMPT.format(question=p.question, solution=p.solution, answer="") for p in task.task.pools_.train]
+    if isinstance(spec, ProgrammaticTeacherConfig):
+        return ProgrammaticJudge(max_prompt_tokens=max(map(text_tokens, empty)) + 4 * answer_tokens)
+    if isinstance(spec, EndpointTeacherConfig):
+        return LLMJudge(served_generator(spec, empty, extra_bytes=ANSWER_BYTES_PER_TOKEN * answer_tokens,
+                                         max_tokens=4, temperature=0.0))
+    return LLMJudge(HFGenerator(max_new_tokens=4, temperature=0.0, max_prompt_tokens=spec.max_prompt_tokens,
+                                bf16=spec.bf16, batch_size=spec.batch_size), teacher_model)
 
 
 def _all(n: int) -> Any:

@@ -12,9 +12,10 @@ conditioned on seed examples, and judges that rate a student's answers.
   is counted in text tokens (:func:`text_tokens`): input = the teacher prompt an LLM teacher would
   read for that seed, output = the question and solution it writes, so teacher-token budgets apply.
 - :class:`LLMTeacher` wraps any :class:`~synthloop.protocols.Generator` with a fixed teacher model:
-  a local Hugging Face model (``models.hf.HFGenerator`` with its own model) or, through the same
-  hook, a model behind an OpenAI-compatible endpoint (a generator that ignores the model it gets).
-  It reads the teacher's output back as ``Question: ... Answer: ... #### <answer>``.
+  a local Hugging Face model (``models.hf.HFGenerator`` with its own model) or a model behind an
+  OpenAI-compatible endpoint (``engines.openai_generator.OpenAIGenerator``, which ignores the model
+  it gets). It reads the teacher's output back as ``Question: ... Answer: ... #### <answer>``, and
+  keeps the generator's extra columns (a failed request's ``request_error``).
 - :class:`TeacherVerifier` checks a teacher's example: in ``new_answer`` mode the final answer
   against the seed's gold; in ``new_question`` mode (no gold exists) that the solution ends in a
   readable final answer equal to the answer the teacher stated.
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from synthloop.protocols import Generator
+from synthloop.protocols import Generator, Verifier
 from synthloop.records import Candidates, Prompts, Scores, Verdict
 from synthloop.tasks.math import (
     MARKER,
@@ -108,13 +109,13 @@ class SeedTask:
     read; ``verifier`` is the teacher's check; evaluation is the math task's (held-out accuracy).
     """
 
-    def __init__(self, task: MathTask, *, mode: str, verifier: TeacherVerifier | None = None,
+    def __init__(self, task: MathTask, *, mode: str, verifier: Verifier | None = None,
                  extra_metrics: Callable[[Any, Prompts], Mapping[str, float]] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.task = task
         self.mode = mode
-        self._verifier = verifier or TeacherVerifier(mode=mode)
+        self._verifier: Verifier = verifier or TeacherVerifier(mode=mode)
         self.extra_metrics = extra_metrics  # more held-out metrics of the model (gold-solution loss)
         kinds: list[str] = []
         for k, level in enumerate(task.levels):
@@ -127,7 +128,7 @@ class SeedTask:
         return "active-" + self.task.name
 
     @property
-    def verifier(self) -> TeacherVerifier:
+    def verifier(self) -> Verifier:
         return self._verifier
 
     @property
@@ -222,9 +223,12 @@ class ProgrammaticTeacher:
 
 
 def teacher_candidates(prompts: Prompts, rows: Sequence[tuple[str, str, str, int, int]], *, style: str,
-                       teacher: str) -> Candidates:
+                       teacher: str, samples_drawn: npt.NDArray[np.float64] | None = None,
+                       extra: Mapping[str, Any] | None = None) -> Candidates:
     """Candidates from (question, solution, answer, prompt tokens, completion tokens) rows: the
-    learner trains on ``question_prompt`` -> ``completion`` as on the task's own problems."""
+    learner trains on ``question_prompt`` -> ``completion`` as on the task's own problems.
+    ``samples_drawn`` is the generator's own ``samples`` usage (0 for a request that failed; default
+    1 a row); ``extra`` its extra columns, kept row for row."""
     questions = [r[0] for r in rows]
     chat = style == "chat"
     read = np.array([r[3] for r in rows], dtype=np.float64)
@@ -235,9 +239,9 @@ def teacher_candidates(prompts: Prompts, rows: Sequence[tuple[str, str, str, int
         "completion": [r[1] if chat or not r[1] else " " + r[1] for r in rows],
         "question": questions, "answer": [r[2] for r in rows], "teacher": [teacher] * len(rows),
     }
-    usage = {"samples": np.ones(len(rows)), "prompt_tokens": read, "completion_tokens": written,
-             "tokens": read + written}
-    return Candidates(samples=samples, prompt_index=prompts.index, usage=usage)
+    drawn = np.ones(len(rows)) if samples_drawn is None else np.asarray(samples_drawn, dtype=np.float64)
+    usage = {"samples": drawn, "prompt_tokens": read, "completion_tokens": written, "tokens": read + written}
+    return Candidates(samples=samples, prompt_index=prompts.index, usage=usage, extra=dict(extra or {}))
 
 
 # -- a language-model teacher (local or behind an endpoint) ---------------------------------------
@@ -264,10 +268,11 @@ def parse_example(text: str) -> tuple[str, str, str] | None:
 class LLMTeacher:
     """A language model as teacher: ``generator`` samples from ``teacher_model`` (never the student).
 
-    The hook for an OpenAI-compatible endpoint is the same: pass a generator that sends each row's
-    ``prompt`` to the server and reports the server's token usage (``prompt_tokens``,
-    ``completion_tokens``, ``tokens``), with ``teacher_model=None``. An output that is not a readable
-    example becomes an empty one (the verifier's ERROR), its tokens still counted.
+    A model behind an OpenAI-compatible endpoint is the same: ``generator`` is an
+    ``OpenAIGenerator`` (which sends each row's ``prompt`` to the server and reports the server's
+    ``usage``), ``teacher_model=None``. An output that is not a readable example becomes an empty
+    one (the verifier's ERROR), its tokens still counted; a failed request is an empty example too,
+    with the generator's ``request_error`` kept (``RequestErrors`` makes it an ERROR with the reason).
     """
 
     generator: Generator
@@ -290,7 +295,9 @@ class LLMTeacher:
             else:
                 parsed = parse_example(f"Question: {text}" if "Question:" not in text else text) or ("", "", "")
             rows.append((*parsed, int(out.usage["prompt_tokens"][i]), int(out.usage["completion_tokens"][i])))
-        return teacher_candidates(prompts, rows, style=self.style, teacher="llm")
+        return teacher_candidates(prompts, rows, style=self.style, teacher="llm",
+                                  samples_drawn=out.usage.get("samples"),
+                                  extra={**out.extra, "teacher_prompt": texts})  # what the teacher read
 
 
 # -- checking a teacher's examples ----------------------------------------------------------------
