@@ -118,7 +118,10 @@ def test_ctrl_c_says_how_to_finish_and_resume_gives_the_uninterrupted_table(tmp_
     config, out = tiny_config(tmp_path), tmp_path / "out"
     compare(load_config(config), schedules=None, seeds=2, out=tmp_path / "reference", open_store=FAST)
     trace = tmp_path / "trace"
-    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace)})
+    # every worker is held at its third commit (never released): the comparison cannot finish before
+    # the signal, however slow the machine
+    env = cli_env({"SYNTHLOOP_FAULT_DELAY": str(DELAY), "SYNTHLOOP_FAULT_TRACE": str(trace),
+                   "SYNTHLOOP_FAULT_WAIT": f"commit@3:{tmp_path / 'never'}"})
     process = subprocess.Popen([sys.executable, "-m", "synthloop.cli", "compare", str(config), "--out", str(out),
                                 "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)

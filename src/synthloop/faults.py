@@ -15,8 +15,9 @@ reads the environment for this; the command line builds the object from these va
 ``SYNTHLOOP_FAULT_OSERROR=NAME:N[:ERRNO]``
     raise ``OSError`` (``EIO`` unless an errno name such as ``ENOSPC`` is given) the N-th time point
     NAME is reached in this process (a failing disk);
-``SYNTHLOOP_FAULT_WAIT=NAME:FILE``
-    at the first point NAME, wait until FILE exists (the concurrency tests hold a writer there);
+``SYNTHLOOP_FAULT_WAIT=NAME[@N]:FILE``
+    at the N-th point NAME (the first by default), wait until FILE exists (the concurrency tests hold
+    a writer there; the Ctrl-C tests hold a run mid-way, so that it cannot finish before the signal);
 ``SYNTHLOOP_FAULT_NO_FSYNC=1``
     skip fsync (a store setting, read by :func:`fsync_from_environment`): a killed process loses
     nothing the kernel already holds, but a power cut would.
@@ -45,7 +46,7 @@ class Faults:
     delay: float = 0.0
     trace: Path | None = None
     oserror: tuple[str, int, int] | None = None  # (point, occurrence, errno)
-    wait: tuple[str, Path] | None = None  # (point, file whose existence releases it)
+    wait: tuple[str, Path, int] | None = None  # (point, file whose existence releases it, occurrence)
     reached: Counter[str] = field(default_factory=Counter, repr=False)
 
     @property
@@ -63,7 +64,7 @@ class Faults:
             fail_name, count, code = self.oserror
             if fail_name == name and self.reached[name] == count:
                 raise OSError(code, f"injected I/O error at {name}", detail or None)
-        if self.wait is not None and self.wait[0] == name and self.reached[name] == 1:
+        if self.wait is not None and self.wait[0] == name and self.reached[name] == self.wait[2]:
             while not self.wait[1].exists():
                 time.sleep(0.005)
         if self.delay > 0:
@@ -82,7 +83,8 @@ class Faults:
         wait = None
         if environ.get(PREFIX + "WAIT"):
             name, _, path = environ[PREFIX + "WAIT"].partition(":")
-            wait = (name, Path(path))
+            name, _, occurrence = name.partition("@")
+            wait = (name, Path(path), int(occurrence or 1))
         trace = environ.get(PREFIX + "TRACE")
         return cls(delay=float(environ.get(PREFIX + "DELAY", "0") or 0),
                     trace=Path(trace) if trace else None, oserror=oserror, wait=wait)
