@@ -13,7 +13,6 @@ commit resume to the unbroken run's ledger; ``synthloop plan`` shows the planned
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt

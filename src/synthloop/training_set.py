@@ -20,8 +20,8 @@ trains on to the loop (``TrainingSet.label_usage``), which charges it to the ``l
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal, Protocol, runtime_checkable
 
 import numpy as np
