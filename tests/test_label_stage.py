@@ -12,6 +12,8 @@ commit resume to the unbroken run's ledger; ``synthloop plan`` shows the planned
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,10 @@ import pytest
 import yaml
 
 from collapse_support import TableGenerator, TableLearner, TableTask
-from crashsafe_support import cli, failing_at, snapshot, stores
+from crashsafe_support import ROOT, cli, failing_at, kill_repeatedly, snapshot, spawn_script, stores
 from synthloop import schedules
 from synthloop.budget import CostModel, Planner, UnitCosts
+from synthloop.faults import Faults, fsync_from_environment
 from synthloop.iteration import TRAINING_SET, rng_for
 from synthloop.loop import Components, LoopSettings, run
 from synthloop.policies import HardestFirst
@@ -98,8 +101,8 @@ def label_rows(parts: Components, t: int) -> Candidates:
 
 
 def _run_in(run_dir: Path, faults: str | None = None, *, parts: Components | None = None,
-            iterations: int = 4) -> list[IterationRecord]:
-    store = stores(failing_at(faults) if faults else None)(run_dir)
+            iterations: int = 4, store: RunStore | None = None) -> list[IterationRecord]:
+    store = store or stores(failing_at(faults) if faults else None)(run_dir)
     if not store.holds_run():
         store.create("name: label-stage\n")
     return run(parts or components(), planner(50_000, iterations=iterations), COSTS,
@@ -220,3 +223,32 @@ def test_plan_shows_the_label_stage(tmp_path: Path):
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[3] == "3" and float(cells[4]) == pytest.approx(3 * per_label, rel=1e-5)  # round(0.25 * 12)
     assert float(cells[5]) > float(cells[4])  # the iteration's cost holds its labels
+
+
+SCRIPT = ROOT / "tests" / "test_label_stage.py"
+DELAY = 0.02
+
+
+@pytest.mark.slow
+def test_sigkilled_between_the_reservation_and_the_commit_resumes_to_the_same_ledger(tmp_path: Path):
+    """The real thing: the run as a subprocess, SIGKILLed again and again, most often right after
+    its labels were charged (``label``) and around training and the commit."""
+    reference_dir = tmp_path / "reference"
+    _run_in(reference_dir, store=RunStore(reference_dir, fsync=False))
+    run_dir = tmp_path / "killed"
+
+    def spawn(trace: Path, stderr: Path) -> subprocess.Popen[bytes]:
+        return spawn_script(SCRIPT, run_dir, trace, stderr, delay=DELAY)
+
+    killed_in = kill_repeatedly(spawn, run_dir, tmp_path, phases={"label": 4, "train": 2, "checkpoint": 2,
+                                                                  "generate": 1, "commit": 1},
+                                kills=6, seed=4, delay=DELAY, budget=50_000)
+    assert killed_in["label"] >= 1, killed_in
+    finished = spawn(tmp_path / "trace-final", tmp_path / "stderr-final")
+    assert finished.wait() == 0, (tmp_path / "stderr-final").read_text()
+    assert snapshot(run_dir) == snapshot(reference_dir)
+
+
+if __name__ == "__main__":  # the run the SIGKILL test starts and kills
+    directory = Path(sys.argv[1])
+    _run_in(directory, store=RunStore(directory, fsync=fsync_from_environment(), faults=Faults.from_environment()))
