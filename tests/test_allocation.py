@@ -208,7 +208,8 @@ def test_a_math_run_from_yaml_filters_labels_and_reports_pass_at_k():
            "task": {**MATH["task"], "eval_samples": 2, "eval_train_size": 3, "shots": 0},
            "selector": {"kind": "threshold", "threshold": 0.0},
            "generator": {"kind": "hf", "max_new_tokens": 8, "batch_size": 32},
-           "learner": {"kind": "sft", "batch_size": 8, "bf16": False}}
+           "learner": {"kind": "sft", "batch_size": 8, "bf16": False},
+           "budget": {"total": 1000, "costs": {"train": 1.0, "label": {"samples": 1.0, "completion_tokens": 0.5}}}}
     config = parse_config(raw)
     components = build_components(config)
     task, policy = components.task, components.prompt_policy
@@ -218,5 +219,6 @@ def test_a_math_run_from_yaml_filters_labels_and_reports_pass_at_k():
     assert all(text.startswith(" ") and "####" in text for text in labels.samples["completion"])  # as "Answer: ..."
     history = run(components, make_planner(config), config.budget.cost_model(), LoopSettings(), seed=0)
     assert [r.n_outside for r in history] == [2, 2]  # round(0.2 / 0.8 * 8)
+    assert all(r.cost["label"] > 2 * 1.0 for r in history)  # a sample each, and their tokens (the student's)
     assert {"pass@1", "train/pass@1"} <= set(history[-1].eval) and "pass@8" not in history[-1].eval  # k <= n
     assert np.sum(~np.isnan(policy.pass_rates_)) > 0

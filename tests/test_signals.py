@@ -43,6 +43,18 @@ def test_controlled_labeler_passes_the_generator_check_and_is_prefix_stable():
     assert list(first.samples["completion"]) == list(labels.samples["completion"][:20])
 
 
+def test_a_controlled_labeler_with_a_token_counter_reports_a_generators_token_quantities():
+    _task, prompts = table_prompts(30)
+    labeler = ControlledLabeler(beta=0.5, count_tokens=len, prefix=" ")  # characters as tokens
+    labels = check_generator(labeler, None, prompts)
+    written = np.array([len(t) for t in labels.samples["completion"]], dtype=np.float64)
+    read = np.array([len(p) for p in prompts.items["prompt"]], dtype=np.float64)
+    assert np.array_equal(labels.usage["completion_tokens"], written)  # the label with its prefix
+    assert np.array_equal(labels.usage["tokens"], written + read)
+    assert set(labeler.max_usage_per_draw()) == set(labels.usage)  # what a `label` price may name
+    assert set(ControlledLabeler(beta=0.5).generate(None, prompts, rng=np.random.default_rng(0)).usage) == {"samples"}
+
+
 @pytest.mark.parametrize("beta", [0.25, 0.5, 0.9])
 def test_controlled_labeler_beta_is_within_its_binomial_interval(beta: float):
     _task, prompts = table_prompts(2000, seed=int(beta * 100))

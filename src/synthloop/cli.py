@@ -18,8 +18,10 @@ from synthloop.configs import (
     ConfigError,
     RunConfig,
     config_differences,
-    declared_usage,
+    draw_usage,
     family_for,
+    label_plan,
+    label_usage,
     load_config,
     make_planner,
 )
@@ -108,11 +110,17 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
         cfg = load_config(config, overrides(set_, budget))
         planner = make_planner(cfg)
         rows = planner.plan()
+    family = family_for(cfg)
+    settings = family.validate(cfg)
+    per_selected, per_label = label_plan(cfg, family, settings)
+    labels = ("labels", "label cost") if per_selected else ()  # a mix: L = round(alpha / (1 - alpha) n_t)
     table = Table(title=f"{cfg.name}: plan for a budget of {cfg.budget.total:g} {cfg.budget.unit}")
-    for column in ("iteration", "n_t (selected)", "expected N_t (drawn)", "cost", "cumulative", "note"):
+    for column in ("iteration", "n_t (selected)", "expected N_t (drawn)", *labels, "cost", "cumulative", "note"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(str(r.iteration), str(r.n_selected), f"{r.expected_generated:.1f}",
+        n_labels = round(per_selected * r.n_selected)
+        label_cells = (str(n_labels), f"{n_labels * per_label:.6g}") if labels else ()
+        table.add_row(str(r.iteration), str(r.n_selected), f"{r.expected_generated:.1f}", *label_cells,
                       f"{r.expected_cost:.6g}", f"{r.cumulative_cost:.6g}", "cut to fit" if r.cut else "")
     console.print(table)
     used = rows[-1].cumulative_cost if rows else 0.0
@@ -121,11 +129,14 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
                   f"{planner.acceptance_rate:g}")
     if isinstance(planner, AdaptivePlanner):
         console.print(f"{planner.describe()}: only this prefix is known before the run")
-    family = family_for(cfg)
-    usage = declared_usage(cfg, family, family.validate(cfg))  # what each stage reports, per draw
+    usage = draw_usage(cfg, family, settings)  # what each stage reports, per draw
     console.print("expected usage per draw: " + "; ".join(
         f"{stage} " + ", ".join(f"{q} {v:.4g}" for q, v in quantities.items())
         for stage, quantities in usage.items() if quantities and stage != "train"))
+    if labels:
+        console.print(f"expected usage per label (label stage, {per_label:.6g} {cfg.budget.unit} each, "
+                      "plus the training of its row): "
+                      + ", ".join(f"{q} {v:.4g}" for q, v in label_usage(cfg, family, settings).items()))
 
 
 @app.command()

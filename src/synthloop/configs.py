@@ -14,7 +14,7 @@ import importlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import yaml
 from pydantic import (
@@ -62,7 +62,7 @@ from synthloop.select import (  # noqa: F401
     make_selector,
 )
 from synthloop.strict import MAX_ITERATIONS, MAX_SELECTED, Iterations, Seed, Strict
-from synthloop.training_set import ThisIterationConfig, TrainingSetConfig
+from synthloop.training_set import MixConfig, ThisIterationConfig, TrainingSetConfig
 from synthloop.yamlio import ConfigError, load_config_file, one_line, shown, shown_path
 
 __all__ = ["ConfigError", "RunConfig", "Strict", "load_config", "parse_config"]
@@ -415,10 +415,13 @@ def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
         check_priced(costs.prices, declared)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    unit_costs = UnitCosts(
-        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in declared.items()
+    per_draw_usage = draw_usage(config, family, settings)
+    labels_per_selected, label_cost = label_plan(config, family, settings)
+    per_example = costs.per_unit("train", declared["train"])
+    unit_costs = UnitCosts(  # each selected row brings labels_per_selected outside rows of a mix
+        per_draw=sum(costs.per_unit(stage, usage) for stage, usage in per_draw_usage.items()
                      if stage not in ("train", "diagnose")),
-        per_selected=costs.per_unit("train", declared["train"]),
+        per_selected=per_example + labels_per_selected * (per_example + label_cost),
     )
     if not (unit_costs.per_draw > 0 or unit_costs.per_selected > 0):
         raise ConfigError("budget.costs: no priced quantity is one the task reports per sample (seconds are "
@@ -451,10 +454,45 @@ def check_plan(planner: Planner) -> None:
                               "or schedule.n0, or raise the acceptance rate")
 
 
+@runtime_checkable
+class LabelingFamily(Protocol):
+    """A family whose task gives outside labels to a ``mix`` training set (math)."""
+
+    def usage_per_label(self, settings: Any) -> Mapping[str, float]:
+        """Expected usage of one outside label, for planning (the ledger charges measured usage)."""
+        ...
+
+
+def label_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, float]:
+    """What one outside label of a ``mix`` reports (the ``label`` stage); empty without a mix."""
+    if not isinstance(config.training_set, MixConfig) or config.training_set.alpha == 0:
+        return {}
+    return dict(family.usage_per_label(settings)) if isinstance(family, LabelingFamily) else {"samples": 1.0}
+
+
+def label_plan(config: RunConfig, family: Family, settings: Any) -> tuple[float, float]:
+    """(labels per selected row, expected cost of one label): a mix adds round(alpha / (1 - alpha)
+    n_t) labels an iteration, each charged to ``label`` and trained on."""
+    usage = label_usage(config, family, settings)
+    if not usage or not isinstance(config.training_set, MixConfig):
+        return 0.0, 0.0
+    alpha = config.training_set.alpha
+    return alpha / (1 - alpha), config.budget.cost_model().per_unit("label", usage)
+
+
 def declared_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, dict[str, float]]:
-    """Stage -> quantity -> usage bound per draw (per trained example for ``train``) that the run's
-    components report: what may be priced. Generator quantities named ``stage:quantity`` (checks a
-    generator runs itself) count for that stage."""
+    """Stage -> quantity -> usage bound per draw (per trained example for ``train``, per label for a
+    mix's ``label``) that the run's components report: what may be priced."""
+    declared = draw_usage(config, family, settings)
+    labels = label_usage(config, family, settings)
+    if labels:
+        declared.setdefault("label", {}).update(labels)
+    return declared
+
+
+def draw_usage(config: RunConfig, family: Family, settings: Any) -> dict[str, dict[str, float]]:
+    """``declared_usage`` without a mix's labels: what one draw uses. Generator quantities named
+    ``stage:quantity`` (checks a generator runs itself) count for that stage."""
     declared = by_stage(family.usage_per_draw(settings), "generate")
     declared.setdefault("verify", {}).setdefault("samples", 1.0)
     if isinstance(config.prompt_policy, WeightedConfig) and config.prompt_policy.score:

@@ -22,7 +22,7 @@ reads the environment for this; the command line builds the object from these va
     skip fsync (a store setting, read by :func:`fsync_from_environment`): a killed process loses
     nothing the kernel already holds, but a power cut would.
 
-Names: ``generate``, ``verify``, ``write``, ``append``, ``checkpoint``, ``train``, ``evaluate``,
+Names: ``generate``, ``verify``, ``write``, ``append``, ``checkpoint``, ``label``, ``train``, ``evaluate``,
 ``commit``, ``cleanup``, ``locked``.
 """
 

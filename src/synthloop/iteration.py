@@ -102,7 +102,7 @@ class Iteration:
         added = self.parts.training_set.reserve(self.target, rng=self.rng(TRAINING_SET))
         if added is None or len(added) == 0:
             return True
-        self.reserved = self.train_committed = float(self._train_cost(added).sum())
+        self.reserved = self.train_committed = float(self._train_cost(added).sum() + self._label_cost(added).sum())
         return self.train_committed <= self.ledger.remaining * (1 + TOLERANCE)
 
     def _wants_more(self) -> bool:
@@ -147,6 +147,16 @@ class Iteration:
     def _train_cost(self, rows: Candidates) -> npt.NDArray[np.float64]:
         usage = self.parts.learner.training_usage(rows)
         return self.ledger.costs.per_item(self.parts.stages.train, usage, len(rows))
+
+    def _label_cost(self, rows: Candidates) -> npt.NDArray[np.float64]:
+        """Each reserved row's labeling cost: an outside row's (``extra["outside"]``) own usage, the
+        labeler's, priced as ``label``; 0 for any other row."""
+        outside = np.asarray(rows.extra.get("outside", np.zeros(len(rows), dtype=bool)), dtype=bool)
+        cost = np.zeros(len(rows), dtype=np.float64)
+        if outside.any():
+            usage = {k: np.asarray(v, dtype=np.float64)[outside] for k, v in rows.usage.items()}
+            cost[outside] = self.ledger.costs.per_item(self.parts.stages.label, usage, int(outside.sum()))
+        return cost
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -269,8 +279,13 @@ class Iteration:
             return {}, (0, 0, 0)
         selected = Candidates.concat([k.batch.candidates for k in self.kept])
         prompts = Prompts.concat([k.batch.prompts for k in self.kept])
+        clock = time.perf_counter()  # a mix's labels are made here, after the round was observed
         training_set = self._affordable_training(
             self.parts.training_set.build(selected, prompts, rng=self.rng(TRAINING_SET)))
+        if training_set.n_outside > 0:  # charged with the iteration's commit, so never twice
+            self._charge(self.parts.stages.label, _totals(training_set.label_usage), training_set.n_outside,
+                         time.perf_counter() - clock)
+            self.journal.point("label", str(self.t))
         clock = time.perf_counter()
         metrics = self.parts.learner.update(training_set.candidates, training_set.prompts, rng=self.rng(UPDATE))
         self.journal.point("train", str(self.t))
@@ -295,11 +310,15 @@ class Iteration:
         return values, labels
 
     def _affordable_training(self, training_set: TrainingSet) -> TrainingSet:
-        """The training set, its last rows dropped if their cost no longer fits: only where measured
-        seconds of this iteration's parts ate into the training cost reserved for them."""
-        if self.train_committed <= self.ledger.remaining * (1 + TOLERANCE):  # the reservation holds
-            return training_set
+        """The training set priced exactly (every row's training, an outside row's label too), its
+        last rows dropped if their cost no longer fits: where measured seconds of this iteration's
+        parts ate into the reservation, or where labels placed after the round was observed (hardest
+        first) cost more than the ones reserved before it."""
         cost = self._train_cost(training_set.candidates)
+        n_outside = training_set.n_outside
+        if n_outside > 0:
+            cost[len(cost) - n_outside:] += self.ledger.costs.per_item(
+                self.parts.stages.label, training_set.label_usage, n_outside)
         room = self.ledger.remaining * (1 + TOLERANCE)
         if cost.sum() <= room:
             return training_set
@@ -307,9 +326,11 @@ class Iteration:
         # rows are carried ones first (accumulate), then the selection, then outside ones (mix)
         n_carried = min(training_set.n_carried, len(fits))
         n_selected = min(training_set.n_selected, len(fits) - n_carried)
+        kept_outside = len(fits) - n_carried - n_selected
         return replace(training_set, candidates=training_set.candidates.take(fits),
                        prompts=training_set.prompts.take(fits), n_selected=n_selected, n_carried=n_carried,
-                       n_outside=len(fits) - n_carried - n_selected)
+                       n_outside=kept_outside,
+                       label_usage={k: np.asarray(v)[:kept_outside] for k, v in training_set.label_usage.items()})
 
     def _record(self, *, cut: bool, exhausted: bool, started: float,
                 training: tuple[dict[str, float], tuple[int, int, int]],

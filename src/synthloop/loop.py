@@ -40,7 +40,7 @@ from synthloop.records import IterationRecord
 from synthloop.runs import Journal
 from synthloop.state import Stateful
 from synthloop.store import RunStore
-from synthloop.training_set import ThisIteration
+from synthloop.training_set import PricedLabels, ThisIteration
 
 EVALUATE = 4
 Report = Callable[[Event], None]
@@ -65,6 +65,7 @@ class Stages:
     verify: str = "verify"
     score: str = "score"
     train: str = "train"
+    label: str = "label"  # a mix's outside labels (``TrainingSet.label_usage``)
 
 
 @dataclass
@@ -147,6 +148,8 @@ def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, f
     declared.setdefault(stages.verify, {}).update(parts.verify_usage_per_candidate)
     declared.setdefault(stages.score, {}).update(parts.prompt_policy.usage_per_prompt())
     declared[stages.train] = dict(costs.prices.get(stages.train, {}))
+    if isinstance(parts.training_set, PricedLabels):  # a mix: its labels are charged to ``label``
+        declared.setdefault(stages.label, {}).update(parts.training_set.usage_per_label())
     if parts.diagnose is not None:
         declared["diagnose"] = {"samples": 1.0}
     return declared

@@ -12,7 +12,7 @@ Synthetic Data Generation) simply ignores the model it is given.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -214,6 +214,8 @@ class TrainingSet:
     n_selected: int  # rows from this iteration's selection
     n_carried: int  # rows from earlier iterations (accumulate)
     n_outside: int  # rows from an outside labeled source (mix)
+    label_usage: Usage = field(default_factory=dict)  # the labeler's usage of each outside row (the last
+    #                                                    n_outside), charged to the ``label`` stage
 
 
 @runtime_checkable
@@ -222,8 +224,10 @@ class TrainingSetPolicy(Protocol):
 
     def reserve(self, n_selected: int, *, rng: np.random.Generator) -> Candidates | None:
         """The rows, beyond the selection, that training on ``n_selected`` selected rows would add
-        at most (accumulated or outside rows): the loop reserves their training cost up front.
-        ``build`` is later called with an rng in the same state."""
+        at most (accumulated or outside rows): the loop reserves their training cost up front, and
+        for outside rows (``extra["outside"]`` true) their labeling cost (their ``usage``, priced as
+        ``label``). ``build`` is later called with an rng in the same state; its rows are priced
+        again exactly before training, as their labels may differ (hardest-first allocation)."""
         ...
 
     def build(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> TrainingSet:

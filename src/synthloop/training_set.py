@@ -12,11 +12,15 @@ the learner's own option (``reset: restart`` in the math family's learner config
 
 The loop reserves, before generating, the training cost of the rows a policy adds beyond the
 selection (``reserve``), so a run never spends past its budget on training it cannot pay for.
+A mix's outside rows are labels: ``reserve`` returns them marked ``extra["outside"]`` with the
+labeler's usage of each (``Candidates.usage``), and ``build`` hands the same usage of the rows it
+trains on to the loop (``TrainingSet.label_usage``), which charges it to the ``label`` stage.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, runtime_checkable
 
@@ -42,6 +46,14 @@ class LabeledSource(Protocol):
     """
 
     def sample(self, n: int, *, rng: np.random.Generator) -> tuple[Candidates, Prompts]: ...
+
+
+@runtime_checkable
+class PricedLabels(Protocol):
+    """A labeled source that says which quantities its labels report (``label:`` prices may name
+    them); a source that does not reports one sample per label."""
+
+    def usage_per_label(self) -> Mapping[str, float]: ...
 
 
 class ThisIteration:
@@ -106,19 +118,31 @@ class Mix:
     def n_outside(self, n_selected: int) -> int:
         return round(self.alpha / (1 - self.alpha) * n_selected)
 
+    def usage_per_label(self) -> Mapping[str, float]:
+        """What one label reports (``label`` stage quantities): the source's, or one sample."""
+        return self.source.usage_per_label() if isinstance(self.source, PricedLabels) else {"samples": 1.0}
+
     def reserve(self, n_selected: int, *, rng: np.random.Generator) -> Candidates | None:
+        """The labels for ``n_selected`` selected rows as the allocation would place them now, marked
+        outside, with the labeler's usage of each. A hardest-first allocation places the labels of
+        ``build`` after the round is observed, so those may differ: the loop prices them again."""
         n = self.n_outside(n_selected)
-        return self.source.sample(n, rng=rng)[0] if n > 0 else None
+        if n == 0:
+            return None
+        outside = self.source.sample(n, rng=rng)[0]
+        return outside.with_extra(outside=np.ones(n, dtype=bool))
 
     def build(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> TrainingSet:
         n = self.n_outside(len(selected))
         if n == 0:
             return TrainingSet(selected, prompts, n_selected=len(selected), n_carried=0, n_outside=0)
         outside, outside_prompts = self.source.sample(n, rng=rng)
+        usage = {k: np.asarray(v, dtype=np.float64) for k, v in outside.usage.items()}
         if len(selected) == 0:
-            return TrainingSet(outside, outside_prompts, n_selected=0, n_carried=0, n_outside=n)
+            return TrainingSet(outside.with_extra(outside=np.ones(n, dtype=bool)), outside_prompts,
+                               n_selected=0, n_carried=0, n_outside=n, label_usage=usage)
         return TrainingSet(_concat(selected, outside), Prompts.concat([prompts, outside_prompts]),
-                           n_selected=len(selected), n_carried=0, n_outside=n)
+                           n_selected=len(selected), n_carried=0, n_outside=n, label_usage=usage)
 
     def save(self, directory: Path) -> None:
         return None

@@ -259,6 +259,16 @@ class MathFamily:
         """Training reads the same prompt and completion tokens that generating the example produced."""
         return {k: v for k, v in self.usage_per_draw(settings).items() if ":" not in k}
 
+    def usage_per_label(self, settings: MathSettings) -> Mapping[str, float]:
+        """Rough expected usage of one outside label, for planning only (the ledger charges the
+        labeler's measured usage): a draw's prompt tokens and a quarter of the labeler's
+        ``max_new_tokens`` (the generator's for a controlled labeler, whose labels are gold-sized)."""
+        labeler, g = settings.task.labeler, settings.generator
+        limit = labeler.max_new_tokens if isinstance(labeler, ModelLabelerConfig) else (
+            g.max_tokens if isinstance(g, OpenAIGeneratorConfig) else g.max_new_tokens)
+        prompt = prompt_chars(settings.task) / 4
+        return {"samples": 1.0, "tokens": prompt + limit / 4, "prompt_tokens": prompt, "completion_tokens": limit / 4}
+
     def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
         return {}
 
@@ -390,12 +400,13 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
                                  max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat,
                                  progress="evaluating on the held-out problems")
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
-    outside_signal(task, settings, g, chat=chat)
+    outside_signal(task, settings, g, chat=chat, count_tokens=TokenCount(model.tokenizer))
     return Components(task=task, generator=generator, selector=make_selector(config.selector),
                       learner=sft_learner(settings.learner, model, chat=chat))
 
 
-def outside_signal(task: MathTask, settings: MathSettings, g: GeneratorConfig, *, chat: bool) -> None:
+def outside_signal(task: MathTask, settings: MathSettings, g: GeneratorConfig, *, chat: bool,
+                   count_tokens: Any = None) -> None:
     """Escaping Collapse's parts of the task: its filter, its labeler, sampled pass@k (an in-process
     generator's settings ``g``: the config edge refuses them beside a served generator)."""
     from functools import partial
@@ -413,7 +424,7 @@ def outside_signal(task: MathTask, settings: MathSettings, g: GeneratorConfig, *
         vote = MajorityVote(partial(answer_key, require_marker=t.require_marker), min_share=t.filter.min_share)
         task.filter = Audited(vote, task.gold)
     if t.labeler is not None:
-        labeler = build_labeler(t.labeler, chat=chat, stop=tuple(g.stop_strings))
+        labeler = build_labeler(t.labeler, chat=chat, stop=tuple(g.stop_strings), count_tokens=count_tokens)
         task.labels = LabeledPrompts(task, labeler)
     if t.eval_samples > 0:
         task.eval_samples, task.eval_train_size = t.eval_samples, t.eval_train_size
@@ -423,14 +434,28 @@ def outside_signal(task: MathTask, settings: MathSettings, g: GeneratorConfig, *
                                         bf16=g.bf16, chat=chat)
 
 
-def build_labeler(spec: ControlledLabelerConfig | ModelLabelerConfig, *, chat: bool, stop: tuple[str, ...]) -> Any:
-    """The configured labeler: gold corrupted at rate 1 - beta, or a model's greedy answers."""
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens of a text under the student's tokenizer: what a controlled label costs in tokens, so
+    ``label`` prices name the same quantities for a controlled labeler as for a model labeler."""
+
+    tokenizer: Any
+
+    def __call__(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_labeler(spec: ControlledLabelerConfig | ModelLabelerConfig, *, chat: bool, stop: tuple[str, ...],
+                  count_tokens: Any = None) -> Any:
+    """The configured labeler: gold corrupted at rate 1 - beta (its tokens counted by ``count_tokens``,
+    the student's tokenizer), or a model's greedy answers (its generator counts them)."""
     from synthloop.signals.labelers import ControlledLabeler, ModelLabeler, corrupt_math
 
     if isinstance(spec, ControlledLabelerConfig):
         # few-shot text reads "Answer: <solution>": the student's completions start with that space,
         # and a label without it would be a token sequence the model never produced
-        return ControlledLabeler(beta=spec.beta, corrupt=corrupt_math, prefix="" if chat else " ")
+        return ControlledLabeler(beta=spec.beta, corrupt=corrupt_math, prefix="" if chat else " ",
+                                 count_tokens=count_tokens)
     from synthloop.models.hf import HFGenerator, export_smollm2, load_pretrained
 
     labeler_model = load_pretrained(export_smollm2() if spec.source == "smollm2" else spec.source)

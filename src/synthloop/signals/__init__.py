@@ -10,7 +10,7 @@
   samples); ``Audited`` records, row by row, what gold says beside the filter's verdict.
 - :mod:`~synthloop.signals.source`: ``LabeledPrompts`` spends L labels a round on prompts chosen by
   an allocation (uniform, or hardest first: ``policies.HardestFirst``), as the outside rows of the
-  ``mix`` training set.
+  ``mix`` training set; what each label costs (the labeler's usage) is charged to the ``label`` stage.
 
 Nothing here imports an ML framework: labelers and filters are Generators and Verifiers over the
 columns the tasks already carry (``solution``, ``answer``, ``completion``).

@@ -20,6 +20,7 @@ the Generator protocol works); its beta is measured against gold with ``measure.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -139,13 +140,18 @@ class ControlledLabeler:
     check: Verifier | None = None  # re-corrupt a wrong label this verifier still passes
     max_tries: int = 8
     prefix: str = ""  # put before every label, so it reads as the student's completions do
+    count_tokens: Callable[[str], int] | None = None  # the student's tokenizer: report label tokens too
 
     def __post_init__(self) -> None:
         if not 0 <= self.beta <= 1:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
 
     def max_usage_per_draw(self) -> dict[str, float]:
-        return {"samples": 1.0}
+        """One sample a label; with ``count_tokens``, also the generator's token quantities, which
+        have no bound known ahead (the loop prices a mix's labels on the exact rows, never by this)."""
+        if self.count_tokens is None:
+            return {"samples": 1.0}
+        return {"samples": 1.0, "tokens": math.inf, "prompt_tokens": math.inf, "completion_tokens": math.inf}
 
     def generate(self, model: Any, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
         if self.solution_key not in prompts.items:
@@ -172,7 +178,18 @@ class ControlledLabeler:
         samples: dict[str, Any] = {k: list(prompts.items[k]) for k in self.carry if k in prompts.items}
         samples["completion"] = [self.prefix + text for text in texts]
         return Candidates(samples=samples, prompt_index=prompts.index.copy(),
-                          usage={"samples": np.ones(len(prompts))}, extra={"label_correct": correct.copy()})
+                          usage=self._usage(prompts, samples["completion"]), extra={"label_correct": correct.copy()})
+
+    def _usage(self, prompts: Prompts, labels: list[str]) -> dict[str, np.ndarray]:
+        """A sample per label; with a token counter, the same token quantities a generator reports:
+        the prompt read (its ``prompt`` column) and the label written."""
+        usage = {"samples": np.ones(len(labels))}
+        if self.count_tokens is not None:
+            read = [str(p) for p in prompts.items.get("prompt", [""] * len(labels))]
+            usage["prompt_tokens"] = np.array([self.count_tokens(p) for p in read], dtype=np.float64)
+            usage["completion_tokens"] = np.array([self.count_tokens(t) for t in labels], dtype=np.float64)
+            usage["tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return usage
 
 
 @dataclass(frozen=True)

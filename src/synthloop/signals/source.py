@@ -9,10 +9,15 @@ on n, so the source is prefix-stable.
 With a hardest-first allocation the labels are chosen when the training set is built, after the
 prompt policy has observed this iteration's verdicts: the prompts the current model fails most (as
 the filter judged its k samples), with the weights carried from earlier rounds.
+
+What a label costs is the labeler's own usage of it (``Candidates.usage``: a sample each, and for
+a model labeler or a controlled one with a token counter its prompt and completion tokens); the
+loop charges it to the ``label`` stage (``iteration.py``, ``docs/escaping-collapse.md``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -51,6 +56,10 @@ class LabeledPrompts:
     def use_allocation(self, allocation: Allocation) -> None:
         """Spend the labels where ``allocation`` says (the hardest-first prompt policy hands itself)."""
         self.allocation = allocation
+
+    def usage_per_label(self) -> Mapping[str, float]:
+        """The quantities one label reports: the labeler's (what ``label:`` prices may name)."""
+        return self.labeler.max_usage_per_draw()
 
     def sample(self, n: int, *, rng: np.random.Generator) -> tuple[Candidates, Prompts]:
         prompts = self.pool.prompts_at(self.allocation.allocate(n, rng=rng))

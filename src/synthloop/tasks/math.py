@@ -341,6 +341,10 @@ class MathTask:
             raise ValueError(f"task {self.name!r} has no labeler: set task.labeler to use a mix")
         return self.labels.sample(n, rng=rng)
 
+    def usage_per_label(self) -> Mapping[str, float]:
+        """What one outside label reports (its labeler's quantities), for ``label`` prices."""
+        return {"samples": 1.0} if self.labels is None else self.labels.usage_per_label()
+
     def use_allocation(self, allocation: Allocation) -> None:
         if self.labels is not None:
             self.labels.use_allocation(allocation)
