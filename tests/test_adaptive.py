@@ -4,7 +4,6 @@ that a run with it is budgeted and resumes exactly."""
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
 import numpy as np
