@@ -551,19 +551,21 @@ class AdaptivePlanner:
         return [PlannedIteration(next_iteration, n, n / rate, n * per_kept, spent + n * per_kept, cut)]
 
     def _history(self, upto: int) -> list[Measured]:
-        """The observed iterations 0..upto-1 with usable statistics (a gap or a missing one ends it)."""
+        """The observed iterations before ``upto`` that carry usable statistics, in order. One without
+        (a learner that took no step, such as the digits learner before a batch fills) moved nothing,
+        so the contraction model skips it."""
         out = []
         for t in range(upto):
             m = self.observed.get(t)
-            if m is None or m.variance is None or m.norm2 is None or m.n_selected < 2 or not m.variance > 0:
-                break
-            out.append(m)
+            if m is not None and m.variance is not None and m.norm2 is not None and m.n_selected >= 2 \
+                    and m.variance > 0:
+                out.append(m)
         return out
 
     def _wanted(self, t: int, affordable: int) -> float:
         history = self._history(t)
-        if len(history) < t or t == 0:
-            last = self.observed.get(t - 1)  # no statistics: keep the size (the constant schedule)
+        if not history:
+            last = self.observed.get(t - 1)  # no statistics yet: keep the size (the constant schedule)
             return float(self.pilot if last is None else max(last.n_selected, self.pilot))
         learned = _learning_length(history, self.tolerance)
         if learned is None:
