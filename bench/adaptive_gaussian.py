@@ -6,13 +6,16 @@ Wisely's Theorem 3.1). For each setting:
   (``GaussianProblem.expected_final_reward``), n0 fitted to use the budget in T iterations; the
   exponential is tuned per setting over growth x T, the constant over T (every constant schedule);
 - the adaptive planner (``budget.AdaptivePlanner``, one tolerance for every setting, chosen on a
-  separate calibration setting): the mean realised final gap over ``--seeds`` runs with a 95%
-  interval. Each run drives the real planner (``refit`` / ``observe``) with exact draws of the
-  kept samples' sufficient statistics (mean ~ N(rho theta, s^2/n), summed variance ~ s^2 chi^2),
-  which is what the loop's Gaussian learner computes from the samples themselves; ``--loop-seeds``
-  also runs that many seeds through ``synthloop.loop.run`` as a check of the shortcut.
+  separate calibration setting): the mean final gap over ``--seeds`` runs with a 95% interval,
+  as the expectation given everything before the last update (closed form: the same mean as the
+  realised gap, also reported, with the last update's noise integrated out). Each run drives the
+  real planner (``refit`` / ``observe``) with exact draws of the kept samples' sufficient
+  statistics (mean ~ N(rho theta, s^2/n), summed variance ~ s^2 chi^2), which is what the loop's
+  Gaussian learner computes from the samples themselves; ``--loop-seeds`` also runs that many seeds
+  through ``synthloop.loop.run`` as a check of the shortcut.
 
     python bench/adaptive_gaussian.py --seeds 1000 --loop-seeds 40 --out docs/adaptive-gaussian.png
+    python bench/adaptive_gaussian.py --table docs/adaptive-gaussian.json
 """
 
 from __future__ import annotations
