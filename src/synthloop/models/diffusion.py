@@ -312,6 +312,8 @@ def last_layer_gradients(conv: torch.nn.Conv2d, inputs: torch.Tensor, residual: 
     convolution's patches), the bias gradient its spatial sum. Cheap: one unfold and one product.
     """
     n = len(inputs)
+    if isinstance(conv.padding, str):
+        raise ValueError(f"last_layer_gradients needs a numeric padding, got {conv.padding!r}")
     upstream = (2.0 / residual[0].numel()) * residual.float().reshape(n, residual.shape[1], -1)  # [n, C_out, HW]
     patches = torch.nn.functional.unfold(inputs.float(), conv.kernel_size, dilation=conv.dilation,
                                          padding=conv.padding, stride=conv.stride)  # [n, C_in k k, HW]
