@@ -179,3 +179,16 @@ def test_a_resumed_adaptive_run_matches_an_uninterrupted_one(tmp_path: Path) -> 
         run_config(config, run_dir=cut, open_store=stores(failing_at("train:2")))
     resume_run(cut, open_store=FAST)
     assert snapshot(cut) == snapshot(whole)
+
+
+def test_updates_that_do_not_contract_keep_the_pilot_size() -> None:
+    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): the
+    planner has no model to plan with and stays at the pilot instead of many tiny iterations."""
+    norms = [0.6, 0.13, 0.68, 0.44]
+    assert fit_contraction(np.full(3, 100.0), np.full(3, 12.0), np.array(norms[:3]))[0] >= 0.99
+    planner = _planner()
+    for t, norm2 in enumerate(norms):
+        record = _bare_record(t, 100)
+        planner.observe(IterationRecord(**{**vars(record), "update_statistics": {
+            "update_variance": 12.0, "update_norm2": norm2}}))
+    assert planner.refit(next_iteration=4, spent=400.0, acceptance_rate=1.0)[0].n_selected == 100

@@ -480,6 +480,7 @@ class AdaptivePlanner:
       maximum likelihood to the learning iterations (``fit_contraction``), the current squared
       error P_t is predicted forward, and n_t is the first step of the budget-optimal remaining plan
       for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
+      if the fit finds no contraction (rho at the top of its grid), the pilot size is kept;
       draws are planned with a Wilson lower bound on the measured acceptance rate; an iteration
       that would leave less than two kept samples takes the rest of the budget.
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
@@ -573,6 +574,8 @@ class AdaptivePlanner:
         ns, vs, ys = (np.array([getattr(m, k) for m in history], dtype=np.float64)
                       for k in ("n_selected", "variance", "norm2"))
         rho, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned])
+        if rho >= RHO_GRID[-1]:
+            return float(self.pilot)  # the norms showed no contraction: no model to plan with, stay constant
         error = predicted_error(rho, p0, ns, vs)
         return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
 
