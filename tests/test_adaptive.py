@@ -4,17 +4,25 @@ that a run with it is budgeted and resumes exactly."""
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crashsafe_support import CRASH_CONFIG, FAST, failing_at, snapshot, stores
-from synthloop.budget import AdaptivePlanner, CostModel, UnitCosts, acceptance_lower_bound, norm_test_size
+from synthloop.budget import (
+    AdaptivePlanner,
+    CostModel,
+    UnitCosts,
+    acceptance_lower_bound,
+    fit_contraction,
+    norm_test_size,
+    remaining_plan,
+)
 from synthloop.configs import AdaptiveSchedule, RunConfig, load_config, make_planner
 from synthloop.experiments import resume_run, run_config
 from synthloop.loop import LoopSettings, run
+from synthloop.records import IterationRecord
 from synthloop.tasks.gaussian import GaussianProblem
 
 from helpers import gaussian_components
@@ -46,28 +54,81 @@ def _planner(budget: float = 10_000.0, tolerance: float = 0.5) -> AdaptivePlanne
     return AdaptivePlanner(budget=budget, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=1.0, tolerance=tolerance)
 
 
-def test_a_run_grows_n_t_spends_the_budget_and_never_overspends() -> None:
+def test_a_run_learns_then_grows_n_t_spends_the_budget_and_never_overspends() -> None:
     planner = _planner()
     history = run(gaussian_components(PROBLEM), planner, COSTS, LoopSettings(), seed=3)
     sizes = [r.n_selected for r in history]
-    assert sizes[0] == 100  # the pilot: sqrt(10000)
-    assert all(b >= a for a, b in itertools.pairwise(sizes)) and sizes[-1] > 10 * sizes[0]
+    assert sizes[:3] == [100, 100, 100]  # the pilot, sqrt(10000), for at least three iterations
     assert sum(sizes) == 10_000 and history[-1].cumulative_cost <= 10_000
     assert all("update_variance" in r.update_statistics and "update_norm2" in r.update_statistics for r in history)
+    assert sizes[-1] > 10 * min(sizes)
+    # near the end the sizes grow by about 1/rho = 2 per iteration (Spend Wisely's Theorem 3.1)
+    growth = [b / a for a, b in itertools.pairwise(sizes[-5:-1])]
+    assert all(1.5 < g < 2.8 for g in growth), sizes
     assert history[-1].eval["gap"] < 1e-3
 
 
-def test_each_size_follows_the_rule_from_the_previous_record() -> None:
-    history = run(gaussian_components(PROBLEM), _planner(tolerance=0.7), COSTS, LoopSettings(), seed=5)
-    spent = 0.0
-    for before, after in itertools.pairwise(history):
-        spent += before.n_selected
-        asked = before.update_statistics["update_variance"] / (0.49 * max(
-            before.update_statistics["update_norm2"], before.update_statistics["update_variance"] / before.n_selected))
-        wanted = max(before.n_selected, math.ceil(asked))
-        remaining = 10_000 - spent
-        expected = remaining if remaining < 2 * wanted else wanted
-        assert after.n_selected == expected
+def test_learning_lasts_while_the_norm_test_passes_then_the_size_changes() -> None:
+    tolerance = 0.5
+    history = run(gaussian_components(PROBLEM), _planner(tolerance=tolerance), COSTS, LoopSettings(), seed=5)
+    passed = [r.update_statistics["update_norm2"] * r.n_selected >= r.update_statistics["update_variance"]
+              / tolerance**2 for r in history]
+    end = next(t for t in range(2, len(history)) if not passed[t]) + 1
+    assert all(r.n_selected == 100 for r in history[:end])
+    assert history[end].n_selected != 100
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.5, 0.8])
+def test_the_fitted_contraction_is_the_simulated_one(rho: float) -> None:
+    """Norms of mean updates of e <- rho e + noise, at constant n: the fit finds rho (median of 40)."""
+    rng = np.random.default_rng(7)
+    fits = []
+    for _ in range(40):
+        e, ns, ys = np.array([3.0, 3.0]), np.full(6, 100.0), []
+        for n in ns:
+            new = rho * e + rng.normal(0.0, np.sqrt(0.5 / n), 2)
+            ys.append(float((new - e) @ (new - e)))
+            e = new
+        fits.append(fit_contraction(ns, np.full(6, 1.0), np.array(ys))[0])
+    assert abs(float(np.median(fits)) - rho) < 0.05
+
+
+@pytest.mark.parametrize(("rho", "error", "remaining"), [(0.5, 2.0, 60.0), (0.8, 5.0, 200.0), (0.3, 0.05, 30.0)])
+def test_the_remaining_plan_is_the_brute_force_optimum(rho: float, error: float, remaining: float) -> None:
+    """Its first step, followed by the best plan of the rest, is as good as any integer split of
+    ``remaining`` into up to three iterations (searched exhaustively)."""
+
+    def value(sizes: tuple[float, ...]) -> float:
+        k = len(sizes)
+        return rho ** (2 * k) * error + sum(rho ** (2 * (k - 1 - j)) / n for j, n in enumerate(sizes))
+
+    total = int(remaining)
+    splits = [(total,)] + [(a, total - a) for a in range(1, total)] + [
+        (a, b, total - a - b) for a in range(1, total) for b in range(1, total - a)]
+    best = min(value(split) for split in splits)
+    first = remaining_plan(rho, error, 1.0, remaining)
+    assert 0 < first <= remaining
+    # continuous relaxation: its value is a lower bound on the integer optimum, and close to it
+    k_best = min(range(1, 50), key=lambda k: rho ** (2 * k) * error + ((1 - rho**k) / (1 - rho)) ** 2 / remaining)
+    relaxed = rho ** (2 * k_best) * error + ((1 - rho**k_best) / (1 - rho)) ** 2 / remaining
+    assert relaxed <= best * (1 + 1e-9)
+    if k_best <= 3:
+        assert best <= relaxed * 1.1
+        assert first == pytest.approx(remaining * (1 - rho) * rho ** (k_best - 1) / (1 - rho**k_best))
+
+
+def test_without_statistics_the_pilot_size_is_kept() -> None:
+    planner = _planner()
+    for t in range(4):
+        planner.observe(_bare_record(t, 100))
+    assert planner.refit(next_iteration=4, spent=400.0, acceptance_rate=1.0)[0].n_selected == 100
+
+
+def _bare_record(t: int, n: int) -> IterationRecord:
+    return IterationRecord(
+        iteration=t, n_target=n, n_selected=n, n_generated=n, n_parts=1, n_accepted=n, acceptance_rate=1.0,
+        verdicts={}, cost={}, seconds={}, iteration_cost=float(n), cumulative_cost=0.0, budget=0.0, cut=False,
+        exhausted=False, selected_sha256="", train={}, eval={})
 
 
 def test_acceptance_enters_through_its_lower_bound() -> None:
@@ -118,3 +179,16 @@ def test_a_resumed_adaptive_run_matches_an_uninterrupted_one(tmp_path: Path) -> 
         run_config(config, run_dir=cut, open_store=stores(failing_at("train:2")))
     resume_run(cut, open_store=FAST)
     assert snapshot(cut) == snapshot(whole)
+
+
+def test_updates_that_do_not_contract_keep_the_pilot_size() -> None:
+    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): the
+    planner has no model to plan with and stays at the pilot instead of many tiny iterations."""
+    norms = [0.6, 0.13, 0.68, 0.44]
+    assert fit_contraction(np.full(3, 100.0), np.full(3, 12.0), np.array(norms[:3]))[0] >= 0.99
+    planner = _planner()
+    for t, norm2 in enumerate(norms):
+        record = _bare_record(t, 100)
+        planner.observe(IterationRecord(**{**vars(record), "update_statistics": {
+            "update_variance": 12.0, "update_norm2": norm2}}))
+    assert planner.refit(next_iteration=4, spent=400.0, acceptance_rate=1.0)[0].n_selected == 100

@@ -469,18 +469,23 @@ class Measured:
 
 @dataclass
 class AdaptivePlanner:
-    """n_t grown by the norm test on the last iteration's per-sample update statistics.
+    """n_t from a contraction model fitted to the measured update statistics, one tolerance.
 
-    Rule, per iteration t >= 1 (``docs/adaptive.md``):
-      n_t = max(n_{t-1}, ceil(Var / (tolerance^2 ||mean update||^2)))   (never shrinks);
-      draws are planned with a Wilson lower bound on the measured acceptance rate;
-      if what would remain after n_t could not pay for another iteration of at least n_t, n_t takes
-      the whole remaining budget (the last iteration); if n_t does not fit, it is cut to fit.
-    Iteration 0 is a pilot of ``n0`` (default ceil(sqrt(budget / cost per kept sample)), so it
-    scales with the budget and no growth base is chosen). ``tolerance`` is scale-free: the relative
-    error allowed in the mean update. State = one ``Measured`` per observed iteration, rebuilt by
-    ``observe`` from committed records on resume (or saved with ``to_json``), so a resumed run plans
-    exactly what an uninterrupted one would.
+    Rule (derivation in ``docs/adaptive.md``), from the records' ``update_variance`` V and
+    ``update_norm2`` y = ||mean update||^2 only:
+      *learning*: the pilot size ``n0`` is kept while the last iteration passed the norm test at
+      ``tolerance`` (sampling error of the mean update below ``tolerance`` times its length: the
+      update norms still measure the contraction, not noise), and for at least three iterations;
+      *then*: the per-iteration contraction rho and the initial squared error P0 are fitted by
+      maximum likelihood to the learning iterations (``fit_contraction``), the current squared
+      error P_t is predicted forward, and n_t is the first step of the budget-optimal remaining plan
+      for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
+      if the fit finds no contraction (rho at the top of its grid), the pilot size is kept;
+      draws are planned with a Wilson lower bound on the measured acceptance rate; an iteration
+      that would leave less than two kept samples takes the rest of the budget.
+    Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
+    ``Measured`` per observed iteration, rebuilt by ``observe`` from committed records on resume
+    (or saved with ``to_json``), so a resumed run plans exactly what an uninterrupted one would.
     """
 
     budget: float
@@ -502,7 +507,7 @@ class AdaptivePlanner:
     @property
     def pilot(self) -> int:
         per_kept = self.unit_costs.per_kept(1.0 / self.acceptance_rate)
-        return max(1, round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
+        return max(2, round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
 
     def schedule(self) -> Schedule:
         """The known prefix as a schedule: the pilot (later sizes are not known before the run)."""
@@ -510,8 +515,9 @@ class AdaptivePlanner:
         return Schedule(pilot.fn, f"adaptive(tolerance={self.tolerance:g}, pilot={self.pilot})", n_iterations=1)
 
     def describe(self) -> str:
-        return (f"adaptive: iteration 0 is a pilot of {self.pilot}; each later n_t comes from the norm test "
-                f"(tolerance {self.tolerance:g}) on the measured update statistics, the budget left and a "
+        return (f"adaptive: the pilot size {self.pilot} is kept while the norm test (tolerance "
+                f"{self.tolerance:g}) passes on the measured update statistics; then each n_t is the first step "
+                "of the budget-optimal plan for the contraction fitted to them, with the budget left and a "
                 "lower confidence bound on the measured acceptance rate")
 
     def plan(self) -> list[PlannedIteration]:
@@ -536,24 +542,42 @@ class AdaptivePlanner:
         per_kept = (unit_costs or self.unit_costs).per_kept(1.0 / min(1.0, max(rate, 1e-6)))
         remaining = max(0.0, self.budget - spent)
         affordable = math.floor(remaining / per_kept * (1 + TOLERANCE))
-        wanted = self.pilot if last is None else self._grown(last)
+        wanted = self._wanted(next_iteration, affordable)
         final = self.max_iterations is not None and next_iteration == self.max_iterations - 1
         n, cut = int(min(wanted, affordable)), wanted > affordable
-        if final or remaining - wanted * per_kept < wanted * per_kept:
-            n = affordable  # no room for another iteration at least this large: spend the rest now
+        if final or affordable - n < 2:
+            n = affordable  # what would be left could not make an iteration: spend the rest now
         if n < 1:
             return []
         return [PlannedIteration(next_iteration, n, n / rate, n * per_kept, spent + n * per_kept, cut)]
 
-    def _grown(self, last: Measured) -> float:
-        if last.variance is None or last.norm2 is None or last.n_selected == 0:
-            return float(max(last.n_selected, self.pilot))  # no statistics: keep the size
-        # a squared mean below its own sampling noise Var/n is noise, not signal: floor it there, so
-        # one unlucky small ||g_S||^2 cannot ask for an unbounded sample (growth <= 1/tolerance^2)
-        norm2 = max(last.norm2, last.variance / last.n_selected)
-        wanted = norm_test_size(last.variance, norm2, self.tolerance)
-        return max(float(last.n_selected), float(min(math.ceil(wanted) if math.isfinite(wanted) else math.inf,
-                                                     1e18)))
+    def _history(self, upto: int) -> list[Measured]:
+        """The observed iterations before ``upto`` that carry usable statistics, in order. One without
+        (a learner that took no step, such as the digits learner before a batch fills) moved nothing,
+        so the contraction model skips it."""
+        out = []
+        for t in range(upto):
+            m = self.observed.get(t)
+            if m is not None and m.variance is not None and m.norm2 is not None and m.n_selected >= 2 \
+                    and m.variance > 0:
+                out.append(m)
+        return out
+
+    def _wanted(self, t: int, affordable: int) -> float:
+        history = self._history(t)
+        if not history:
+            last = self.observed.get(t - 1)  # no statistics yet: keep the size (the constant schedule)
+            return float(self.pilot if last is None else max(last.n_selected, self.pilot))
+        learned = _learning_length(history, self.tolerance)
+        if learned is None:
+            return float(self.pilot)
+        ns, vs, ys = (np.array([getattr(m, k) for m in history], dtype=np.float64)
+                      for k in ("n_selected", "variance", "norm2"))
+        rho, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned])
+        if rho >= RHO_GRID[-1]:
+            return float(self.pilot)  # the norms showed no contraction: no model to plan with, stay constant
+        error = predicted_error(rho, p0, ns, vs)
+        return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
 
     def to_json(self) -> dict[str, object]:
         return {"tolerance": self.tolerance, "observed": {str(t): vars(m) for t, m in self.observed.items()}}
@@ -562,6 +586,87 @@ class AdaptivePlanner:
         observed = payload["observed"]
         assert isinstance(observed, Mapping)
         self.observed = {int(t): Measured(**m) for t, m in observed.items()}
+
+
+def _learning_length(history: list[Measured], tolerance: float, least: int = 3) -> int | None:
+    """How many iterations the learning phase took: it ends after the first iteration (from the
+    ``least``-th on) that fails the norm test; None while it goes on."""
+    for t, m in enumerate(history):
+        assert m.norm2 is not None and m.variance is not None
+        if t + 1 >= least and m.norm2 * m.n_selected < m.variance / tolerance**2:
+            return t + 1
+    return None
+
+
+RHO_GRID = np.linspace(0.01, 0.99, 99)  # contraction candidates
+LOG_P0_GRID = np.linspace(-12.0, 12.0, 97)  # initial squared error, relative to the largest norm2
+
+
+def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64],
+                    ys: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """Maximum-likelihood (rho, P0) of the model e_{t+1} = rho e_t + noise of total variance V_t/n_t.
+
+    Under it the mean update is g_t = (rho - 1) e_t + noise, so E||g_t||^2 = (1 - rho)^2 P_t + V_t/n_t
+    with P_{t+1} = rho^2 P_t + V_t/n_t, P_0 = ||e_0||^2. Each y_t is taken as E||g_t||^2 times a
+    chi-square over its degrees of freedom (a gamma law of fixed shape), whose log-likelihood is
+    -(log mu_t + y_t / mu_t) up to the shape, which does not move the maximum; the maximum is found
+    on a grid (deterministic, so a resumed run fits exactly what an uninterrupted one did).
+
+    >>> rng = np.random.default_rng(0)
+    >>> ns = np.full(8, 200.0); vs = np.full(8, 2.0); e = np.array([3.0, 3.0]); ys = []
+    >>> for n in ns:
+    ...     new = 0.5 * e + rng.normal(0, 1 / np.sqrt(n), 2); ys.append(float((new - e) @ (new - e))); e = new
+    >>> rho, p0 = fit_contraction(ns, vs, np.array(ys))
+    >>> bool(0.4 < rho < 0.6), bool(10 < p0 < 30)
+    (True, True)
+    """
+    steps = len(ns)
+    c = vs / ns
+    q = np.zeros((len(RHO_GRID), steps + 1))  # noise part of P_t for each rho
+    for t in range(steps):
+        q[:, t + 1] = RHO_GRID**2 * q[:, t] + c[t]
+    decay = RHO_GRID[:, None] ** (2 * np.arange(steps))  # [rho, t]
+    p0 = max(float(ys.max()), 1e-300) * np.exp(LOG_P0_GRID)  # [p0]
+    p = decay[:, None, :] * p0[None, :, None] + q[:, None, :steps]  # [rho, p0, t]
+    mu = (1 - RHO_GRID)[:, None, None] ** 2 * p + c
+    deviance = np.sum(np.log(mu) + ys / mu, axis=-1)
+    i, j = np.unravel_index(int(np.argmin(deviance)), deviance.shape)
+    return float(RHO_GRID[i]), float(p0[j])
+
+
+def predicted_error(rho: float, p0: float, ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64]) -> float:
+    """E||e_t||^2 after the iterations observed: P_{t+1} = rho^2 P_t + V_t / n_t from P_0 = p0.
+
+    >>> predicted_error(0.5, 4.0, np.array([10.0]), np.array([1.0]))
+    1.1
+    """
+    p = p0
+    for n, v in zip(ns, vs, strict=True):
+        p = rho**2 * p + v / n
+    return float(p)
+
+
+def remaining_plan(rho: float, error: float, variance: float, remaining: float) -> float:
+    """The first n of the plan that minimises E||e_end||^2 with ``remaining`` kept samples left.
+
+    With k iterations left, E||e_end||^2 = rho^(2k) P + V sum_j w_j^2 / n_j, w_j = rho^(k-1-j); under
+    sum n_j = R the best split is n_j proportional to w_j (Cauchy-Schwarz: growth 1/rho, Spend
+    Wisely's Theorem 3.1), worth rho^(2k) P + V ((1 - rho^k) / (1 - rho))^2 / R. The best k trades
+    bias against noise; the first step is R (1 - rho) rho^(k-1) / (1 - rho^k), which for a continuous
+    k is V / (rho (1 - rho) P): the norm test with tolerance^2 = rho / (1 - rho).
+
+    >>> remaining_plan(0.5, 1e-9, 1.0, 100.0)  # no error left to remove: one last iteration
+    100.0
+    >>> round(remaining_plan(0.5, 1.0, 1.0, 1e6))  # far from the end: about V / (rho (1 - rho) P) = 4
+    4
+    """
+    if remaining <= 0:
+        return 0.0
+    k = np.arange(1, 5001, dtype=np.float64)
+    power = rho**k
+    value = power**2 * error + variance * ((1 - power) / (1 - rho)) ** 2 / remaining
+    best = float(k[int(np.argmin(value))])
+    return min(remaining, remaining * (1 - rho) * rho ** (best - 1) / (1 - rho**best))
 
 
 def _finite(value: object) -> float | None:

@@ -231,6 +231,8 @@ class NoisePredictionLearner:
         shape = (0, unet.config.in_channels, *spatial_size(unet))
         self.leftover_ = np.zeros(shape, dtype=np.float32)
         self._snapshot: DenoisingModel | None = None
+        self._moments = _Moments()
+        self.statistics_: dict[str, float] = {}
 
     @property
     def model(self) -> DenoisingModel:
@@ -247,9 +249,11 @@ class NoisePredictionLearner:
         images = np.ascontiguousarray(selected.samples["image"], dtype=np.float32) if len(selected) else None
         pool = self.leftover_ if images is None else np.concatenate([self.leftover_, images])
         steps = len(pool) // self.batch_size
+        self._moments = _Moments()
         losses = [self._step(pool[k * self.batch_size:(k + 1) * self.batch_size], rng) for k in range(steps)]
         self.leftover_ = pool[steps * self.batch_size:].copy()
         self._snapshot = None
+        self.statistics_ = self._moments.statistics()
         return {"optimizer_steps": float(steps), "loss": float(np.mean(losses)) if losses else 0.0,
                 "leftover": float(len(self.leftover_))}
 
@@ -259,12 +263,25 @@ class NoisePredictionLearner:
         eps = torch.from_numpy(rng.standard_normal(batch.shape, dtype=np.float32)).to(device=device, dtype=dtype)
         t = torch.from_numpy(rng.integers(0, self.noise_step, len(batch))).to(device)
         noisy = self.scheduler.add_noise(x0, eps, t)
-        loss = torch.nn.functional.mse_loss(self.unet_(noisy, t).sample, eps)
+        head: list[torch.Tensor] = []
+        hook = self.unet_.conv_out.register_forward_hook(lambda _m, inputs, _out: head.append(inputs[0]))
+        try:
+            prediction = self.unet_(noisy, t).sample
+        finally:
+            hook.remove()
+        loss = torch.nn.functional.mse_loss(prediction, eps)
+        self._moments.add(last_layer_gradients(self.unet_.conv_out, head[0].detach(), (prediction - eps).detach()))
         self.optimizer_.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer_.step()
         self.ema_.step(self.ema_unet_, self.unet_)
         return float(loss.detach())
+
+    def update_statistics(self) -> dict[str, float]:
+        """Per-example gradients of the loss in the output layer's parameters, over the images the
+        last update trained on: their summed variance and the squared norm of their mean (for the
+        adaptive schedule). Empty when the update took no optimizer step."""
+        return dict(self.statistics_)
 
     def save(self, directory: Path) -> None:
         save_file(_flat_state(self.unet_), str(directory / "unet.safetensors"))
@@ -284,6 +301,47 @@ class NoisePredictionLearner:
         except (OSError, KeyError, RuntimeError, ValueError) as error:
             raise ValueError(f"learner checkpoint {directory} is unreadable: {error}") from None
         self._snapshot = None
+
+
+def last_layer_gradients(conv: torch.nn.Conv2d, inputs: torch.Tensor, residual: torch.Tensor) -> npt.NDArray[np.float64]:
+    """Per-example gradients [n, weights + biases] of the mean-squared error in ``conv``'s parameters.
+
+    ``conv`` maps ``inputs`` [n, C_in, H, W] to the prediction; ``residual`` = prediction - target.
+    Example i's loss is mean((prediction_i - target_i)^2), so its gradient in the output is
+    2 residual_i / (C_out H W); the weight gradient is that contracted with the unfolded inputs (the
+    convolution's patches), the bias gradient its spatial sum. Cheap: one unfold and one product.
+    """
+    n = len(inputs)
+    if isinstance(conv.padding, str):
+        raise ValueError(f"last_layer_gradients needs a numeric padding, got {conv.padding!r}")
+    upstream = (2.0 / residual[0].numel()) * residual.float().reshape(n, residual.shape[1], -1)  # [n, C_out, HW]
+    patches = torch.nn.functional.unfold(inputs.float(), conv.kernel_size, dilation=conv.dilation,
+                                         padding=conv.padding, stride=conv.stride)  # [n, C_in k k, HW]
+    weight = torch.einsum("nop,nkp->nok", upstream, patches).reshape(n, -1)
+    parts = [weight] if conv.bias is None else [weight, upstream.sum(dim=2)]
+    return torch.cat(parts, dim=1).double().cpu().numpy()
+
+
+@dataclass
+class _Moments:
+    """Running sums of per-example vectors: their count, sum and sum of squares per coordinate."""
+
+    count: int = 0
+    total: npt.NDArray[np.float64] | None = None
+    squares: npt.NDArray[np.float64] | None = None
+
+    def add(self, rows: npt.NDArray[np.float64]) -> None:
+        total, squares = rows.sum(axis=0), np.square(rows).sum(axis=0)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += len(rows)
+
+    def statistics(self) -> dict[str, float]:
+        if self.count < 2 or self.total is None or self.squares is None:
+            return {}
+        mean = self.total / self.count
+        variance = np.maximum(self.squares - self.count * np.square(mean), 0.0) / (self.count - 1)
+        return {"update_variance": float(variance.sum()), "update_norm2": float(mean @ mean)}
 
 
 def _flat_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

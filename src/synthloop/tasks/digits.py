@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from synthloop.diagnostics.stage import View
 from synthloop.records import Candidates, Prompts, Scores
 
 if TYPE_CHECKING:
@@ -232,6 +233,20 @@ class DigitsDenoiseTask:
         index = np.asarray(indices, dtype=np.int64)
         return Prompts(index=index, items={"clean": self.data.train[index]})
 
+    def diagnostic_view(self, candidates: Candidates, prompts: Prompts) -> View:
+        """The denoised images as pixel vectors (the diagnose stage's feature space)."""
+        return View(features=_pixels(candidates.samples["image"]), space=PIXELS)
+
+    def diagnostic_reference(self, n: int, *, rng: np.random.Generator) -> tuple[View, View]:
+        """Anchor: clean training images (what perfect denoising of the prompts would give);
+        reference: clean held-out images (the distribution evaluation measures against)."""
+
+        def view(images: Images) -> View:
+            chosen = rng.choice(len(images), min(n, len(images)), replace=False)
+            return View(features=_pixels(images[np.sort(chosen)]), space=PIXELS)
+
+        return view(self.data.train), view(self.data.heldout)
+
     def evaluate(self, model: DenoisingModel, *, rng: np.random.Generator) -> dict[str, float]:
         from synthloop.models.diffusion import torch_generator
 
@@ -240,3 +255,11 @@ class DigitsDenoiseTask:
         values = psnr(denoised, self.eval_clean_)
         return {"psnr": float(values.mean()), "psnr_sd": float(values.std()),
                 "psnr_noisy": float(psnr(noisy, self.eval_clean_).mean())}
+
+
+PIXELS = "pixels (images flattened, in [-1, 1])"
+
+
+def _pixels(images: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    array = np.asarray(images, dtype=np.float64)
+    return np.clip(array.reshape(len(array), -1), -1.0, 1.0)
