@@ -37,10 +37,11 @@ def tiny_llama(tokenizer: Any) -> HFModel:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
+                         pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(3)
         network = LlamaForCausalLM(config)
+        assert network.config._attn_implementation == "sdpa"  # what the bf16 cache storage needs
         with torch.no_grad():  # make EOS likely enough that rows finish early and leave the batch
             network.lm_head.weight[tokenizer.eos_token_id] *= 4.0
     return HFModel(network=network.eval(), tokenizer=tokenizer)
@@ -108,12 +109,14 @@ def test_slab_layer_regrows_and_selects_rows_as_a_dynamic_layer_does() -> None:
     first = [torch.randn(4, 2, 5, 8, generator=g) for _ in range(2)]
     grown, slab = DynamicLayer(), SlabLayer(first[0], first[1], capacity=6)
     grown.update(*first)
+    batch = 4
     for step in range(5):  # past the capacity: the slab regrows
         if step == 2:
             rows = torch.tensor([0, 2, 3])
             grown.batch_select_indices(rows)
             slab.batch_select_indices(rows)
-        new = [torch.randn(grown.keys.shape[0], 2, 1 + step % 2, 8, generator=g) for _ in range(2)]
+            batch = len(rows)
+        new = [torch.randn(batch, 2, 1 + step % 2, 8, generator=g) for _ in range(2)]
         expected, got = grown.update(*new), slab.update(*new)
         for e, s in zip(expected, got, strict=True):
             assert torch.equal(e, s)
@@ -129,7 +132,7 @@ def test_slab_layer_stores_in_the_given_dtype() -> None:
     assert torch.equal(got, torch.cat([keys, step], dim=-2).bfloat16())
 
 
-def distributions(seed: int) -> torch.Tensor:
+def distributions(seed: int) -> Any:
     g = torch.Generator().manual_seed(seed)
     scale = [0.3, 1.0, 3.0, 8.0, 30.0][seed % 5]
     logits = torch.randn(6, 3000, generator=g) * scale

@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 
-class SlabLayer(DynamicLayer):  # type: ignore[misc]
+class SlabLayer(DynamicLayer):
     """A full-attention cache layer ``[batch, heads, positions, head_dim]`` with room for
     ``capacity`` positions; ``keys`` and ``values`` are views of the first ``length``, stored in
     ``dtype`` if given (else as they come)."""
@@ -58,13 +58,14 @@ class SlabLayer(DynamicLayer):  # type: ignore[misc]
         if end > self._keys.shape[-2] or promote:
             dtype = self.cast or torch.promote_types(key_states.dtype, self._keys.dtype)
             room = max(end, 2 * self._keys.shape[-2])
-            self._keys = self._slab(self.keys.to(dtype), room)
-            self._values = self._slab(self.values.to(dtype), room)
+            filled = slice(0, self.length)
+            self._keys = self._slab(self._keys[:, :, filled].to(dtype), room)
+            self._values = self._slab(self._values[:, :, filled].to(dtype), room)
         self._keys[:, :, self.length:end] = key_states
         self._values[:, :, self.length:end] = value_states
         self.length = end
         self._views()
-        return self.keys, self.values
+        return self._keys[:, :, :end], self._values[:, :, :end]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only these rows (the filled part only: the rest holds nothing yet)."""
