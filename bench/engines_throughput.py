@@ -17,7 +17,9 @@ template), with the same number of threads:
 
 Runs alternate and rotate their order each repeat so a noisy shared machine hits every engine
 alike; the table reports median rates and ratios to llama.cpp. ``--phases`` adds prompt
-processing alone (one new token) for ours, before and llama.cpp.
+processing alone (one new token) for ours, before and llama.cpp. ``--ignore-eos`` makes every
+engine run every row to the token limit (the same work for all: otherwise rows that happen to
+draw EOS early make an engine's fixed prompt-processing cost weigh on fewer tokens).
 
     OMP_NUM_THREADS=2 python bench/engines_throughput.py --threads 2 --repeats 5 --max-new-tokens 64 128
 """
@@ -119,7 +121,8 @@ def sampler_run(cls: Any, model: HFModel, texts: list[str], new: int, batch: int
     return float(out.usage["completion_tokens"].sum())
 
 
-def generate_run(model: HFModel, prompts: list[list[int]], new: int, batch: int) -> float:
+def generate_run(model: HFModel, prompts: list[list[int]], new: int, batch: int, ignore_eos: bool = False
+                 ) -> float:
     tok, net = model.tokenizer, model.network
     tokens = 0.0
     torch.manual_seed(0)
@@ -131,10 +134,27 @@ def generate_run(model: HFModel, prompts: list[list[int]], new: int, batch: int)
         with torch.no_grad(), autocast(True):
             out = net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True,
                                temperature=TEMPERATURE, top_p=1.0, top_k=0,
+                               min_new_tokens=new if ignore_eos else 0,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         for row in out[:, width:].tolist():
             tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
     return tokens
+
+
+class IgnoringEos:
+    """A tokenizer that names no EOS token (so a sampler runs every row to its token limit) and
+    otherwise is the tokenizer it wraps."""
+
+    eos_token_id = -1
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
 
 
 class LlamaBatched:
@@ -228,6 +248,7 @@ def main() -> None:
     parser.add_argument("--no-generate", action="store_true", help="leave out model.generate")
     parser.add_argument("--unified-kv", action="store_true", help="llama.cpp: one KV buffer for all sequences")
     parser.add_argument("--phases", action="store_true", help="also time prompt processing alone")
+    parser.add_argument("--ignore-eos", action="store_true", help="run every row to the token limit")
     parser.add_argument("--all-lengths", action="store_true",
                         help="run before and generate at every length (default: the first only)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -241,6 +262,11 @@ def main() -> None:
     llama = LlamaBatched(gguf_file, args.threads, args.prompts, longest, args.unified_kv)
     before = module_at(args.before).HFGenerator if args.before else None
     eos = model.tokenizer.eos_token_id
+    base = model  # model.generate keeps the real tokenizer (with --ignore-eos it masks EOS instead)
+    if args.ignore_eos:
+        model = HFModel(model.network, IgnoringEos(model.tokenizer))
+        bf16_model = HFModel(bf16_model.network, IgnoringEos(bf16_model.tokenizer))
+        eos = -1
     result: dict[str, Any] = {"threads": args.threads, "prompt_tokens": sum(len(p) for p in prompts),
                               "longest_prompt": max(len(p) for p in prompts), "settings": vars(args) | {"out": str(args.out)}}
     warm: list[float] = []
@@ -253,10 +279,10 @@ def main() -> None:
         if before is not None and first:
             engines["before"] = partial(sampler_run, before, model, texts, new, args.batch_size)
         if not args.no_generate and new > 1 and first:
-            engines["generate"] = partial(generate_run, model, prompts, new, args.batch_size)
+            engines["generate"] = partial(generate_run, base, prompts, new, args.batch_size, args.ignore_eos)
         if not warm:  # first calls pay one-off costs (kernel set-up, page faults): untimed
             warm = [sampler_run(HFGenerator, model, texts, 2, args.batch_size), llama.run(prompts, 2, eos),
-                    generate_run(model, prompts, 2, args.batch_size)]
+                    generate_run(base, prompts, 2, args.batch_size)]
         print(f"-- {new} new tokens", flush=True)
         result[f"new_tokens_{new}"] = summary(alternate(engines, args.repeats), "llama.cpp")
         print(json.dumps(result[f"new_tokens_{new}"]["ratio_to_llama.cpp"]), flush=True)

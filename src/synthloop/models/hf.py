@@ -257,6 +257,22 @@ class KVCache:
         """Keep only these rows (indices into the current batch)."""
         self.value.batch_select_indices(rows)
 
+    def reserve(self, network: Any, positions: int) -> bool:
+        """Preallocate room for ``positions`` per row so decoding writes in place instead of
+        regrowing the cache with ``torch.cat`` every step (see :mod:`synthloop.models.kv_slab`);
+        whether it could (only a plain full-attention cache can). Under autocast, with SDPA
+        attention (which autocast runs in its low precision), keys and values are stored already
+        in that precision rather than cast again at every step."""
+        if not _plain_layers(self.value):
+            return False
+        from synthloop.models.kv_slab import reserve
+
+        kind = model_device(network).type
+        sdpa = getattr(network.config, "_attn_implementation", None) == "sdpa"
+        cast = torch.get_autocast_dtype(kind) if sdpa and torch.is_autocast_enabled(kind) else None
+        reserve(self.value, positions, cast)
+        return True
+
 
 def _plain_layers(cache: Any) -> bool:
     """Whether a transformers cache is a list of growing full-attention layers of keys and values
@@ -387,12 +403,16 @@ class HFGenerator:
         """Sample up to ``max_new_tokens`` per row (rows left-padded to the longest prompt in the
         cache); finished rows leave the batch."""
         device = model_device(net)
-        _, mask, positions = left_padded(encoded, tok.pad_token_id, device)
+        _, prompt_mask, positions = left_padded(encoded, tok.pad_token_id, device)
+        width = prompt_mask.shape[1]
+        # The mask of every step is a prefix of one buffer: no regrowing it step by step.
+        mask = torch.nn.functional.pad(prompt_mask, (0, self.max_new_tokens), value=1)
         positions = positions[:, -1:] + 1
         rows = _Rows(generated=[[] for _ in encoded], counts=[0] * len(encoded), cut={})
         active = torch.arange(len(encoded), device=device)
         cache = KVCache()
         logits = cache.prefill(net, encoded, tok.pad_token_id)
+        cache.reserve(net, width + self.max_new_tokens)
         for step in range(self.max_new_tokens):
             next_ids = self._pick(logits, gen)
             last = step == self.max_new_tokens - 1
@@ -404,9 +424,8 @@ class HFGenerator:
                 active = active[alive]
                 cache.keep(alive)
                 mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
-            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=device)], dim=1)
-            logits = cache.forward(net, input_ids=next_ids.unsqueeze(-1), attention_mask=mask,
-                                   position_ids=positions)
+            logits = cache.forward(net, input_ids=next_ids.unsqueeze(-1),
+                                   attention_mask=mask[:, :width + step + 1], position_ids=positions)
             positions = positions + 1
         return rows
 
@@ -446,7 +465,43 @@ class HFGenerator:
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         if self.top_p < 1:
             return _nucleus_draw(probs, self.top_p, gen)
+        if gen.device.type == "cpu":
+            return multinomial_cpu(probs, gen)
         return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+MULTINOMIAL_SLACK = 1e-6  # far above the float rounding of the bound below (about 2e-7 relative)
+
+
+def multinomial_cpu(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One draw per row, the very token ``torch.multinomial(probs, 1, generator=gen)`` gives on a
+    CPU, leaving ``gen`` in the same state, in about half the time on a large vocabulary.
+
+    ``torch.multinomial`` takes ``argmax(p / E)`` over exponential draws ``E = -log1p(-U)``, one
+    uniform double ``U`` per entry, computing the logarithm for every entry (most of its time).
+    Since ``E >= U``, ``p / U`` bounds each score from above: the exact score of the token with
+    the largest bound is a floor, and only tokens whose bound reaches it (one or two per row) can
+    win, so only theirs are computed exactly. ``tests/test_hf_slab.py`` checks the tokens and the
+    generator state against ``torch.multinomial``.
+    """
+    uniform = torch.empty(probs.shape, dtype=torch.float64, device=probs.device).uniform_(generator=gen)
+    upper = probs.double().div_(uniform)
+    best = upper.argmax(-1, keepdim=True)
+    floor = _exact_scores(probs.gather(-1, best), uniform.gather(-1, best))
+    if not (bool(uniform.all()) and bool(torch.isfinite(floor).all()) and bool((floor > 0).all())):
+        if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+            raise ValueError("sampling probabilities contain NaN, infinity or negative values")
+        return _exact_scores(probs, uniform).argmax(-1)  # a zero draw (odds 2**-53): every score
+    rivals = (upper.mul_(1 + MULTINOMIAL_SLACK) >= floor).nonzero(as_tuple=True)
+    scores = torch.full_like(probs, -1.0)
+    scores[rivals] = _exact_scores(probs[rivals], uniform[rivals])
+    return scores.argmax(-1)  # ties go to the first index, as in torch.multinomial
+
+
+def _exact_scores(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """``p / E`` exactly as ``torch.multinomial`` computes it: ``E = -log1p(-U)`` in double,
+    rounded to the probabilities' dtype, then divided in that dtype."""
+    return probs / torch.log1p(-uniform).neg_().to(probs.dtype)
 
 
 NUCLEUS_CANDIDATES = 64  # tokens ranked before falling back to sorting the whole vocabulary
