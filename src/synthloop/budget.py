@@ -473,13 +473,15 @@ class Measured:
 class AdaptivePlanner:
     """n_t from a contraction model fitted to the measured update statistics, one tolerance.
 
-    Rule (derivation in ``docs/adaptive.md``), from the records' ``update_variance`` V and
-    ``update_norm2`` y = ||mean update||^2 only:
+    Rule (derivation in ``docs/adaptive.md``), from the records' ``update_variance`` V,
+    ``update_norm2`` y = ||mean update||^2 and, optionally, ``update_dot_previous`` only:
       *learning*: the pilot size ``n0`` is kept while the last iteration passed the norm test at
       ``tolerance`` (sampling error of the mean update below ``tolerance`` times its length: the
       update norms still measure the contraction, not noise), and for at least three iterations;
       *then*: the per-iteration contraction rho and the initial squared error P0 are fitted by
-      maximum likelihood to the learning iterations (``fit_contraction``), the current squared
+      maximum likelihood to the learning iterations (``fit_contraction``); where the records carry
+      ``update_dot_previous`` (<g_t, g_{t-1}>), rho is instead regressed on every pair of successive
+      updates so far (``regressed_contraction``, first-order informative at any growth); the current squared
       error P_t is predicted forward, and n_t is the first step of the budget-optimal remaining plan
       for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
       if the fit finds no contraction (rho at the top of its grid), the pilot size is kept;
