@@ -124,7 +124,7 @@ def adaptive_run(problem: GaussianProblem, budget: float, tolerance: float, seed
         variance = s2 * rng.chisquare(d * (n - 1)) / (n - 1) if n > 1 else float("nan")
         moved = mean - theta
         before, theta = theta, mean
-        dot = None if previous is None else float(moved @ previous)
+        dot: float | None = None if previous is None else float(moved @ previous)
         planner.observe(_record(t, n, generated, variance, float(moved @ moved), dot))
         previous = moved
         spent += n
