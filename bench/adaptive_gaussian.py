@@ -10,8 +10,8 @@ Wisely's Theorem 3.1). For each setting:
   as the expectation given everything before the last update (closed form: the same mean as the
   realised gap, also reported, with the last update's noise integrated out). Each run drives the
   real planner (``refit`` / ``observe``) with exact draws of the kept samples' sufficient
-  statistics (mean ~ N(rho theta, s^2/n), summed variance ~ s^2 chi^2), which is what the loop's
-  Gaussian learner computes from the samples themselves; ``--loop-seeds`` also runs that many seeds
+  statistics (mean ~ N(rho theta, s^2/n), summed variance ~ s^2 chi^2, and the inner product of
+  successive mean updates), which is what the loop's Gaussian learner computes from the samples themselves; ``--loop-seeds`` also runs that many seeds
   through ``synthloop.loop.run`` as a check of the shortcut.
 
     python bench/adaptive_gaussian.py --seeds 1000 --loop-seeds 40 --out docs/adaptive-gaussian.png
@@ -93,12 +93,15 @@ def best_exponential(setting: Setting) -> dict:
     return best
 
 
-def _record(t: int, n: int, generated: int, variance: float, norm2: float) -> IterationRecord:
+def _record(t: int, n: int, generated: int, variance: float, norm2: float, dot: float | None) -> IterationRecord:
+    statistics = {"update_variance": variance, "update_norm2": norm2}
+    if dot is not None:
+        statistics["update_dot_previous"] = dot
     return IterationRecord(
         iteration=t, n_target=n, n_selected=n, n_generated=generated, n_parts=1, n_accepted=n,
         acceptance_rate=n / generated, verdicts={}, cost={}, seconds={}, iteration_cost=float(n),
         cumulative_cost=0.0, budget=0.0, cut=False, exhausted=False, selected_sha256="",
-        train={}, eval={}, update_statistics={"update_variance": variance, "update_norm2": norm2})
+        train={}, eval={}, update_statistics=statistics)
 
 
 def adaptive_run(problem: GaussianProblem, budget: float, tolerance: float, seed: int) -> tuple[float, float, list[int]]:
@@ -108,7 +111,7 @@ def adaptive_run(problem: GaussianProblem, budget: float, tolerance: float, seed
     rng = np.random.default_rng(seed)
     planner = AdaptivePlanner(budget=budget, unit_costs=UNIT, acceptance_rate=1.0, tolerance=tolerance)
     theta, spent, t, sizes = np.asarray(problem.theta0, float), 0.0, 0, []
-    before = theta
+    before, previous = theta, None
     s2, rho, d = problem.accepted_variance, problem.rho, problem.dim
     while True:
         rows = planner.refit(next_iteration=t, spent=spent, acceptance_rate=1.0)
@@ -121,7 +124,9 @@ def adaptive_run(problem: GaussianProblem, budget: float, tolerance: float, seed
         variance = s2 * rng.chisquare(d * (n - 1)) / (n - 1) if n > 1 else float("nan")
         moved = mean - theta
         before, theta = theta, mean
-        planner.observe(_record(t, n, generated, variance, float(moved @ moved)))
+        dot: float | None = None if previous is None else float(moved @ previous)
+        planner.observe(_record(t, n, generated, variance, float(moved @ moved), dot))
+        previous = moved
         spent += n
         sizes.append(n)
         t += 1

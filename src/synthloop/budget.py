@@ -423,6 +423,7 @@ def _scaled(base: Schedule, scale: float) -> Schedule:
 # -- the adaptive schedule: n_t from measured statistics, one scale-free tolerance -----------------
 
 UPDATE_VARIANCE, UPDATE_NORM2 = "update_variance", "update_norm2"  # keys of a record's update_statistics
+UPDATE_DOT = "update_dot_previous"  # optional: <mean update, previous mean update>
 
 
 def norm_test_size(variance: float, norm2: float, tolerance: float) -> float:
@@ -465,19 +466,22 @@ class Measured:
     norm2: float | None
     accepted: int
     generated: int
+    dot: float | None = None  # inner product with the previous iteration's mean update, when reported
 
 
 @dataclass
 class AdaptivePlanner:
     """n_t from a contraction model fitted to the measured update statistics, one tolerance.
 
-    Rule (derivation in ``docs/adaptive.md``), from the records' ``update_variance`` V and
-    ``update_norm2`` y = ||mean update||^2 only:
+    Rule (derivation in ``docs/adaptive.md``), from the records' ``update_variance`` V,
+    ``update_norm2`` y = ||mean update||^2 and, optionally, ``update_dot_previous`` only:
       *learning*: the pilot size ``n0`` is kept while the last iteration passed the norm test at
       ``tolerance`` (sampling error of the mean update below ``tolerance`` times its length: the
       update norms still measure the contraction, not noise), and for at least three iterations;
       *then*: the per-iteration contraction rho and the initial squared error P0 are fitted by
-      maximum likelihood to the learning iterations (``fit_contraction``), the current squared
+      maximum likelihood to the learning iterations (``fit_contraction``); where the records carry
+      ``update_dot_previous`` (<g_t, g_{t-1}>), rho is instead regressed on every pair of successive
+      updates so far (``regressed_contraction``, first-order informative at any growth); the current squared
       error P_t is predicted forward, and n_t is the first step of the budget-optimal remaining plan
       for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
       if the fit finds no contraction (rho at the top of its grid), the pilot size is kept;
@@ -527,7 +531,7 @@ class AdaptivePlanner:
         train = record.update_statistics
         self.observed[record.iteration] = Measured(
             record.n_selected, _finite(train.get(UPDATE_VARIANCE)), _finite(train.get(UPDATE_NORM2)),
-            record.n_accepted, record.n_generated)
+            record.n_accepted, record.n_generated, _finite(train.get(UPDATE_DOT)))
 
     def refit(
         self, *, next_iteration: int, spent: float, acceptance_rate: float, unit_costs: UnitCosts | None = None
@@ -558,8 +562,7 @@ class AdaptivePlanner:
         out = []
         for t in range(upto):
             m = self.observed.get(t)
-            if m is not None and m.variance is not None and m.norm2 is not None and m.n_selected >= 2 \
-                    and m.variance > 0:
+            if m is not None and _usable(m):
                 out.append(m)
         return out
 
@@ -576,8 +579,23 @@ class AdaptivePlanner:
         rho, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned])
         if rho >= RHO_GRID[-1]:
             return float(self.pilot)  # the norms showed no contraction: no model to plan with, stay constant
+        pairs = self._pairs(t)
+        if pairs:
+            rho = regressed_contraction(*pairs)
         error = predicted_error(rho, p0, ns, vs)
         return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
+
+    def _pairs(self, upto: int) -> tuple[npt.NDArray[np.float64], ...] | None:
+        """(dot_t, y_{t-1}, c_t, c_{t-1}) for each observed iteration before ``upto`` that reported its
+        inner product with an observed previous update (c = V / n, the mean update's noise)."""
+        rows = []
+        for t in range(1, upto):
+            m, before = self.observed.get(t), self.observed.get(t - 1)
+            if m is None or before is None or m.dot is None or not _usable(m) or not _usable(before):
+                continue
+            assert m.variance is not None and before.variance is not None and before.norm2 is not None
+            rows.append((m.dot, before.norm2, m.variance / m.n_selected, before.variance / before.n_selected))
+        return tuple(np.array(col, dtype=np.float64) for col in zip(*rows, strict=True)) if rows else None
 
     def to_json(self) -> dict[str, object]:
         return {"tolerance": self.tolerance, "observed": {str(t): vars(m) for t, m in self.observed.items()}}
@@ -586,6 +604,10 @@ class AdaptivePlanner:
         observed = payload["observed"]
         assert isinstance(observed, Mapping)
         self.observed = {int(t): Measured(**m) for t, m in observed.items()}
+
+
+def _usable(m: Measured) -> bool:
+    return m.variance is not None and m.norm2 is not None and m.n_selected >= 2 and m.variance > 0
 
 
 def _learning_length(history: list[Measured], tolerance: float, least: int = 3) -> int | None:
@@ -632,6 +654,31 @@ def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64],
     deviance = np.sum(np.log(mu) + ys / mu, axis=-1)
     i, j = np.unravel_index(int(np.argmin(deviance)), deviance.shape)
     return float(RHO_GRID[i]), float(p0[j])
+
+
+def regressed_contraction(dots: npt.NDArray[np.float64], before: npt.NDArray[np.float64],
+                          noise: npt.NDArray[np.float64], noise_before: npt.NDArray[np.float64]) -> float:
+    """rho from the successive mean updates, a first-order statistic informative at every growth.
+
+    Under the model, g_t = (rho - 1) e_t + xi_t and e_t = e_{t-1} + g_{t-1}, so
+    g_t = rho g_{t-1} + xi_t - xi_{t-1}: a regression of each update on the previous one whose noise
+    is correlated with the regressor by E<xi_{t-1}, g_{t-1}> = c_{t-1}. Hence
+    E[<g_t, g_{t-1}> + c_{t-1}] = rho E||g_{t-1}||^2 exactly, and each pair is weighted by the inverse
+    of its residual variance per coordinate, c_t + c_{t-1}. The norms alone carry no first-order
+    information on rho near the optimal growth (``docs/adaptive.md``); these inner products do.
+    Clipped to the fit's grid range.
+
+    >>> rng = np.random.default_rng(1); e = np.array([3.0, 3.0]); g_prev = None; rows = []
+    >>> for _ in range(30):
+    ...     new = 0.7 * e + rng.normal(0, 0.1, 2); g = new - e; e = new
+    ...     if g_prev is not None: rows.append((g @ g_prev, g_prev @ g_prev, 0.02, 0.02))
+    ...     g_prev = g
+    >>> round(regressed_contraction(*map(np.array, zip(*rows))), 1)
+    0.7
+    """
+    weight = 1.0 / (noise + noise_before)
+    rho = float(np.sum(weight * (dots + noise_before)) / max(float(np.sum(weight * before)), 1e-300))
+    return min(max(rho, float(RHO_GRID[0])), float(RHO_GRID[-2]))
 
 
 def predicted_error(rho: float, p0: float, ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64]) -> float:

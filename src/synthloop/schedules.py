@@ -213,10 +213,12 @@ class ExplicitSchedule(Strict):
 
 
 class AdaptiveSchedule(Strict):
-    """``schedule: {kind: adaptive, tolerance: 0.5}``: n_t from the norm test on measured per-sample
-    update statistics (``budget.AdaptivePlanner``); ``n0`` is the pilot (auto: sqrt of the
-    budget in kept samples). No growth base: ``tolerance`` is the relative error allowed in the mean
-    update, the same for every task."""
+    """``schedule: {kind: adaptive, tolerance: 0.5}``: n_t from a contraction model fitted to the
+    measured per-sample update statistics (``budget.AdaptivePlanner``, derivation in
+    ``docs/adaptive.md``): the pilot ``n0`` (auto: sqrt of the budget in kept samples) is kept while
+    the norm test at ``tolerance`` passes (the update norms still measure the contraction), then each
+    n_t is the first step of the budget-optimal plan for the fitted contraction. No growth base:
+    ``tolerance`` is one scale-free number, the same for every task."""
 
     kind: Literal["adaptive"]
     tolerance: Annotated[float, Field(gt=0, le=10)] = 0.5

@@ -123,6 +123,7 @@ class GaussianLearner:
         self.step = step
         self.theta_ = np.asarray(problem.theta0, dtype=np.float64)
         self.statistics_: dict[str, float] = {}
+        self.previous_: np.ndarray | None = None  # the last mean update, for the next one's inner product
 
     @property
     def model(self) -> GaussianModel:
@@ -140,8 +141,12 @@ class GaussianLearner:
         self.theta_ = previous + self.step * (target - previous)
         moved = self.theta_ - previous
         # per-sample updates step (x_i - theta): their summed variance and the squared norm of their
-        # mean, the statistics the adaptive schedule's norm test reads
+        # mean, the statistics the adaptive schedule's norm test reads; and its inner product with the
+        # previous update, from which the schedule regresses the contraction (budget.regressed_contraction)
         self.statistics_ = {"update_norm2": float(moved @ moved)}
+        if self.previous_ is not None:
+            self.statistics_["update_dot_previous"] = float(moved @ self.previous_)
+        self.previous_ = moved
         if len(x) > 1:
             self.statistics_["update_variance"] = self.step**2 * float(x.var(axis=0, ddof=1).sum())
         return {"moved": float(np.linalg.norm(moved))}
@@ -151,10 +156,16 @@ class GaussianLearner:
         return dict(self.statistics_)
 
     def save(self, directory: Path) -> None:
-        (directory / "theta.json").write_text(json.dumps({"theta": self.theta_.tolist()}))
+        state: dict[str, object] = {"theta": self.theta_.tolist()}
+        if self.previous_ is not None:
+            state["previous_update"] = self.previous_.tolist()
+        (directory / "theta.json").write_text(json.dumps(state))
 
     def load(self, directory: Path) -> None:
-        self.theta_ = np.asarray(json.loads((directory / "theta.json").read_text())["theta"])
+        state = json.loads((directory / "theta.json").read_text())
+        self.theta_ = np.asarray(state["theta"])
+        previous = state.get("previous_update")  # absent in checkpoints written before it was kept
+        self.previous_ = None if previous is None else np.asarray(previous, dtype=np.float64)
 
 
 class GaussianTask:
