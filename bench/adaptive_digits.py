@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=48000.0, help="budget.total (UNet forward passes)")
-    parser.add_argument("--tolerance", type=float, default=0.5, help="the Gaussian calibration's tolerance")
+    parser.add_argument("--tolerance", type=float, default=0.25, help="the Gaussian calibration's tolerance")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
