@@ -40,7 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_config(args.config)
-    schedules = {**SCHEDULES, "adaptive": {"kind": "adaptive", "tolerance": args.tolerance}}
+    # the adaptive schedule first: it is the one the learner's statistics change
+    schedules = {"adaptive": {"kind": "adaptive", "tolerance": args.tolerance}, **SCHEDULES}
     config = base.model_copy(update={
         "budget": base.budget.model_copy(update={"total": args.budget}),
         "compare": CompareConfig.model_validate({"schedules": schedules, "seeds": args.seeds})})
