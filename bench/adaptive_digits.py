@@ -35,12 +35,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=48000.0, help="budget.total (UNet forward passes)")
-    parser.add_argument("--tolerance", type=float, default=0.5, help="the Gaussian calibration's tolerance")
+    parser.add_argument("--tolerance", type=float, default=0.25, help="the Gaussian calibration's tolerance")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", help="run only these schedules (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_config(args.config)
-    schedules = {**SCHEDULES, "adaptive": {"kind": "adaptive", "tolerance": args.tolerance}}
+    # the adaptive schedule first: it is the one the learner's statistics change
+    schedules = {"adaptive": {"kind": "adaptive", "tolerance": args.tolerance}, **SCHEDULES}
+    schedules = {k: v for k, v in schedules.items() if not args.only or k in args.only}
     config = base.model_copy(update={
         "budget": base.budget.model_copy(update={"total": args.budget}),
         "compare": CompareConfig.model_validate({"schedules": schedules, "seeds": args.seeds})})

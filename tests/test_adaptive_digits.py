@@ -13,6 +13,7 @@ from synthloop.models.diffusion import (  # noqa: E402
     DDPMScheduler,
     NoisePredictionLearner,
     UNetSpec,
+    _Moments,
     last_layer_gradients,
 )
 from synthloop.records import Candidates, IterationRecord, Prompts, ones_usage  # noqa: E402
@@ -57,10 +58,53 @@ def test_the_learner_reports_statistics_over_the_images_it_trained_on() -> None:
     assert learner.update_statistics() == {}  # no full batch yet: no optimizer step, no statistics
     learner.update(_images(20, 1), Prompts.unconditional(20), rng=np.random.default_rng(1))
     stats = learner.update_statistics()
-    assert set(stats) == {"update_variance", "update_norm2"}
+    assert set(stats) == {"update_variance", "update_norm2"}  # no previous update yet
     assert stats["update_variance"] > 0 and stats["update_norm2"] > 0
     # the variance of a mean over 24 examples is what the norm test compares with the squared mean
     assert np.isfinite(stats["update_variance"] / 24 / stats["update_norm2"])
+
+
+def _known_update(learner: NoisePredictionLearner, rows: np.ndarray) -> dict[str, float]:
+    learner._moments = _Moments()
+    learner._moments.add(rows)
+    learner._record_statistics()
+    return learner.update_statistics()
+
+
+def test_the_inner_product_is_that_of_successive_mean_updates() -> None:
+    learner = _learner()
+    first = np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 2.0]])  # mean (2, 1, 1)
+    second = np.array([[0.0, 1.0, -1.0], [2.0, -3.0, 5.0], [1.0, 5.0, 2.0]])  # mean (1, 1, 2)
+    assert "update_dot_previous" not in _known_update(learner, first)
+    stats = _known_update(learner, second)
+    assert stats["update_dot_previous"] == pytest.approx(2 + 1 + 2) and stats["update_norm2"] == pytest.approx(6)
+    # an update that took no step moves nothing: the pair spans it
+    assert _known_update(learner, np.zeros((1, 3))) == {}
+    assert _known_update(learner, first)["update_dot_previous"] == pytest.approx(5)
+
+
+def test_the_inner_product_survives_a_checkpoint_and_old_checkpoints_load(tmp_path) -> None:
+    learner = _learner()
+    learner.update(_images(16, 0), Prompts.unconditional(16), rng=np.random.default_rng(0))
+    first = learner.update_statistics()
+    assert "update_dot_previous" not in first
+    learner.save(tmp_path)
+    learner.update(_images(16, 1), Prompts.unconditional(16), rng=np.random.default_rng(1))
+    uninterrupted = learner.update_statistics()
+    assert uninterrupted["update_dot_previous"] != 0
+    # Cauchy-Schwarz against the two norms the planner also reads
+    assert uninterrupted["update_dot_previous"] ** 2 <= first["update_norm2"] * uninterrupted["update_norm2"] * (1 + 1e-9)
+    resumed = _learner()
+    resumed.load(tmp_path)
+    resumed.update(_images(16, 1), Prompts.unconditional(16), rng=np.random.default_rng(1))
+    assert resumed.update_statistics() == uninterrupted
+    (tmp_path / "previous_update.safetensors").unlink()  # a checkpoint written before it was kept
+    old = _learner()
+    old.load(tmp_path)
+    old.update(_images(16, 1), Prompts.unconditional(16), rng=np.random.default_rng(1))
+    stats = old.update_statistics()
+    assert "update_dot_previous" not in stats
+    assert stats == {k: v for k, v in uninterrupted.items() if k != "update_dot_previous"}
 
 
 def test_with_statistics_the_adaptive_planner_leaves_the_pilot() -> None:

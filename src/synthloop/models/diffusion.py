@@ -233,6 +233,7 @@ class NoisePredictionLearner:
         self._snapshot: DenoisingModel | None = None
         self._moments = _Moments()
         self.statistics_: dict[str, float] = {}
+        self.previous_: npt.NDArray[np.float64] | None = None  # the last mean update, for the inner product
 
     @property
     def model(self) -> DenoisingModel:
@@ -253,7 +254,7 @@ class NoisePredictionLearner:
         losses = [self._step(pool[k * self.batch_size:(k + 1) * self.batch_size], rng) for k in range(steps)]
         self.leftover_ = pool[steps * self.batch_size:].copy()
         self._snapshot = None
-        self.statistics_ = self._moments.statistics()
+        self._record_statistics()
         return {"optimizer_steps": float(steps), "loss": float(np.mean(losses)) if losses else 0.0,
                 "leftover": float(len(self.leftover_))}
 
@@ -277,10 +278,23 @@ class NoisePredictionLearner:
         self.ema_.step(self.ema_unet_, self.unet_)
         return float(loss.detach())
 
+    def _record_statistics(self) -> None:
+        """The update's statistics, and the inner product of its mean with the previous update's
+        (from which the adaptive schedule regresses the contraction, budget.regressed_contraction).
+        An update without statistics moved nothing, so the previous mean update stays the last."""
+        self.statistics_ = self._moments.statistics()
+        mean = self._moments.mean()
+        if mean is None or not self.statistics_:
+            return
+        if self.previous_ is not None and self.previous_.shape == mean.shape:
+            self.statistics_["update_dot_previous"] = float(mean @ self.previous_)
+        self.previous_ = mean
+
     def update_statistics(self) -> dict[str, float]:
         """Per-example gradients of the loss in the output layer's parameters, over the images the
-        last update trained on: their summed variance and the squared norm of their mean (for the
-        adaptive schedule). Empty when the update took no optimizer step."""
+        last update trained on: their summed variance, the squared norm of their mean and that mean's
+        inner product with the previous update's (for the adaptive schedule). Empty when the update
+        took no optimizer step."""
         return dict(self.statistics_)
 
     def save(self, directory: Path) -> None:
@@ -289,6 +303,9 @@ class NoisePredictionLearner:
         save_file({"leftover": torch.from_numpy(self.leftover_)}, str(directory / "leftover.safetensors"))
         torch.save(self.optimizer_.state_dict(), directory / "optimizer.pt")
         (directory / "learner.json").write_text(json.dumps({"ema_updates": self.ema_.updates}))
+        if self.previous_ is not None:
+            save_file({"previous_update": torch.from_numpy(self.previous_)},
+                      str(directory / "previous_update.safetensors"))
 
     def load(self, directory: Path) -> None:
         try:
@@ -298,6 +315,8 @@ class NoisePredictionLearner:
             self.leftover_ = load_file(str(directory / "leftover.safetensors"))["leftover"].numpy().copy()
             self.optimizer_.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
             self.ema_.updates = int(json.loads((directory / "learner.json").read_text())["ema_updates"])
+            previous = directory / "previous_update.safetensors"  # absent in checkpoints written before it was kept
+            self.previous_ = load_file(str(previous))["previous_update"].numpy().copy() if previous.exists() else None
         except (OSError, KeyError, RuntimeError, ValueError) as error:
             raise ValueError(f"learner checkpoint {directory} is unreadable: {error}") from None
         self._snapshot = None
@@ -335,6 +354,9 @@ class _Moments:
         self.total = total if self.total is None else self.total + total
         self.squares = squares if self.squares is None else self.squares + squares
         self.count += len(rows)
+
+    def mean(self) -> npt.NDArray[np.float64] | None:
+        return None if self.count < 2 or self.total is None else self.total / self.count
 
     def statistics(self) -> dict[str, float]:
         if self.count < 2 or self.total is None or self.squares is None:
