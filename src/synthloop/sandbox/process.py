@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthloop.sandbox.bwrap import MINIMAL_ENV
@@ -85,7 +85,8 @@ def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: in
     """Read both pipes until EOF, the deadline or the byte cap; then make sure the group is dead.
 
     Reading also stops once the process has exited and the pipes stay quiet for 0.1 s: without
-    namespaces a daemon it left behind may hold them open (the sweep then kills it).
+    namespaces a daemon it left behind may hold them open (the sweep then kills it). What was
+    written between that quiet moment and the exit is still read.
 
     ``status_fd`` is bwrap's ``--json-status-fd``: read as it comes, so that a run to be killed is
     killed at the namespace's init first (see :func:`stop`).
@@ -93,42 +94,73 @@ def capture(proc: subprocess.Popen[bytes], *, timeout_s: float, output_bytes: in
     begin = time.monotonic()
     deadline = begin + timeout_s
     assert proc.stdout is not None and proc.stderr is not None
-    tails = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    status = bytearray()
-    total, timed_out, overflowed = 0, False, False
-    with selectors.DefaultSelector() as selector:
-        for fd in [*tails, *([] if status_fd is None else [status_fd])]:
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ)
-        while any(fd in selector.get_map() for fd in tails) and not overflowed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            events = selector.select(min(left, 0.1))
-            if not events and _exited(proc.pid):  # a lingering child holds the pipes: stop reading
-                break
-            for key, _ in events:
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    selector.unregister(key.fd)
-                elif key.fd == status_fd:
-                    status += chunk
-                else:
-                    total += len(chunk)
-                    tails[key.fd] += chunk
-                    del tails[key.fd][:-tail_bytes]
-                    overflowed = overflowed or total > output_bytes
-    exited = not (timed_out or overflowed) and _wait_unreaped(proc.pid, deadline)
-    timed_out = timed_out or not (exited or overflowed)
+    out = _Output({proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}, status_fd,
+                  output_bytes, tail_bytes)
+    timed_out = out.read(proc, deadline)
+    exited = not (timed_out or out.overflowed) and _wait_unreaped(proc.pid, deadline)
+    timed_out = timed_out or not (exited or out.overflowed)
     if not exited:
-        stop(proc, inner_pid(bytes(status)))
+        stop(proc, inner_pid(bytes(out.status)))
     kill_group(proc)
     code = proc.wait()
-    return Captured(returncode=code if exited else None, stdout=bytes(tails[proc.stdout.fileno()]),
-                    stderr=bytes(tails[proc.stderr.fileno()]), output_bytes=total,
-                    seconds=time.monotonic() - begin, timed_out=timed_out, overflowed=overflowed,
-                    status=bytes(status))
+    return Captured(returncode=code if exited else None, stdout=bytes(out.tails[proc.stdout.fileno()]),
+                    stderr=bytes(out.tails[proc.stderr.fileno()]), output_bytes=out.total,
+                    seconds=time.monotonic() - begin, timed_out=timed_out, overflowed=out.overflowed,
+                    status=bytes(out.status))
+
+
+@dataclass
+class _Output:
+    """The pipes' tails, bwrap's status lines, and the byte count against the cap."""
+
+    tails: dict[int, bytearray]
+    status_fd: int | None
+    output_bytes: int
+    tail_bytes: int
+    status: bytearray = field(default_factory=bytearray)
+    total: int = 0
+    overflowed: bool = False
+
+    def read(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """Read until EOF, the cap, or the process gone and the pipes quiet; True if the deadline came."""
+        with selectors.DefaultSelector() as selector:
+            for fd in [*self.tails, *([] if self.status_fd is None else [self.status_fd])]:
+                os.set_blocking(fd, False)
+                selector.register(fd, selectors.EVENT_READ)
+            while any(fd in selector.get_map() for fd in self.tails) and not self.overflowed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                events = selector.select(min(left, 0.1))
+                last = not events and _exited(proc.pid)  # a lingering child may hold the pipes open
+                for key in [k for k, _ in events] if not last else list(selector.get_map().values()):
+                    if self.take(key.fd, drain=last) == b"":
+                        selector.unregister(key.fd)
+                if last:
+                    return False
+        return False
+
+    def take(self, fd: int, *, drain: bool) -> bytes | None:
+        """One read of ``fd`` (all it holds now if ``drain``); the last read's result."""
+        chunk = _read_ready(fd)
+        while chunk:
+            if fd == self.status_fd:
+                self.status += chunk
+            else:
+                self.total += len(chunk)
+                self.tails[fd] += chunk
+                del self.tails[fd][:-self.tail_bytes]
+                self.overflowed = self.overflowed or self.total > self.output_bytes
+            chunk = _read_ready(fd) if drain and not self.overflowed else None
+        return chunk
+
+
+def _read_ready(fd: int) -> bytes | None:
+    """What a non-blocking pipe holds now (b"" at EOF); None when nothing is there yet."""
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
 
 
 def inner_pid(status: bytes) -> int | None:
