@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from synthloop.experiments import mean_interval
+from synthloop.metric_ranges import clamp_interval
 from synthloop.yamlio import load_yaml
 
 
@@ -47,9 +48,11 @@ def finished_cells(compare_dir: Path) -> dict[str, list[Path]]:
 
 
 def shown(values: list[float]) -> str:
+    """Accuracies in %: the mean, and with two seeds or more its interval cut to [0, 100]."""
     if len(values) == 1:
         return f"{values[0]:.1f}"
     mean, low, high = mean_interval(values)
+    low, high = (100 * x for x in clamp_interval(low / 100, high / 100, "accuracy"))
     return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
 
 
