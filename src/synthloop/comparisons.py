@@ -322,7 +322,7 @@ def started_order(cells: Sequence[Cell], states: Mapping[str, CellState]) -> lis
 
     >>> from types import SimpleNamespace as Cellish
     >>> cells = [Cellish(schedule=s, index=k, label=f"{s}/{k}") for s in "ab" for k in range(2)]
-    >>> [c.label for c in started_order(cells, {"b/1": "unfinished"})]  # type: ignore[arg-type]
+    >>> [c.label for c in started_order(cells, {"b/1": "unfinished"})]
     ['b/1', 'a/0', 'b/0', 'a/1']
     """
     return sorted(cells, key=lambda cell: (states.get(cell.label) != "unfinished", cell.index))
