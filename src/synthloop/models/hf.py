@@ -257,20 +257,23 @@ class KVCache:
         """Keep only these rows (indices into the current batch)."""
         self.value.batch_select_indices(rows)
 
-    def reserve(self, network: Any, positions: int) -> bool:
+    def reserve(self, network: Any, positions: int, dtype: torch.dtype | None = None) -> bool:
         """Preallocate room for ``positions`` per row so decoding writes in place instead of
         regrowing the cache with ``torch.cat`` every step (see :mod:`synthloop.models.kv_slab`);
         whether it could (only a plain full-attention cache can). Under autocast, with SDPA
         attention (which autocast runs in its low precision), keys and values are stored already
-        in that precision rather than cast again at every step."""
+        in that precision rather than cast again at every step. ``dtype``, if given, is the
+        storage dtype (a fused decoding step's compute dtype); a cache that cannot take it raises."""
         if not _plain_layers(self.value):
+            if dtype is not None:
+                raise ValueError("decode: fused needs a plain full-attention KV cache from prompt processing")
             return False
         from synthloop.models.kv_slab import reserve
 
         kind = model_device(network).type
         sdpa = getattr(network.config, "_attn_implementation", None) == "sdpa"
         cast = torch.get_autocast_dtype(kind) if sdpa and torch.is_autocast_enabled(kind) else None
-        reserve(self.value, positions, cast)
+        reserve(self.value, positions, dtype or cast)
         return True
 
 
@@ -333,6 +336,7 @@ class HFGenerator:
     chat: bool = False  # wrap each prompt as a user turn with the tokenizer's chat template
     check_every: int = 4  # decode unfinished rows to look for stop strings every this many tokens
     progress: str | None = None  # show progress under this name (evaluation: the loop shows only its parts)
+    decode: Literal["exact", "fused"] = "exact"  # fused: Llama models only, see models/fused_llama.py
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_prompt_tokens < 1:
@@ -411,8 +415,12 @@ class HFGenerator:
         rows = _Rows(generated=[[] for _ in encoded], counts=[0] * len(encoded), cut={})
         active = torch.arange(len(encoded), device=device)
         cache = KVCache()
+        fused = self._fused(net)
         logits = cache.prefill(net, encoded, tok.pad_token_id)
-        cache.reserve(net, width + self.max_new_tokens)
+        if fused is None:
+            cache.reserve(net, width + self.max_new_tokens)
+        else:  # the slab in the fused step's compute dtype
+            cache.reserve(net, width + self.max_new_tokens, fused.dtype)
         for step in range(self.max_new_tokens):
             next_ids = self._pick(logits, gen)
             last = step == self.max_new_tokens - 1
@@ -424,10 +432,22 @@ class HFGenerator:
                 active = active[alive]
                 cache.keep(alive)
                 mask, next_ids, positions = mask[alive], next_ids[alive], positions[alive]
-            logits = cache.forward(net, input_ids=next_ids.unsqueeze(-1),
-                                   attention_mask=mask[:, :width + step + 1], position_ids=positions)
+            if fused is not None:
+                logits = fused.step(cache.value.layers, next_ids, positions[:, 0], mask[:, :width + step + 1])
+            else:
+                logits = cache.forward(net, input_ids=next_ids.unsqueeze(-1),
+                                       attention_mask=mask[:, :width + step + 1], position_ids=positions)
             positions = positions + 1
         return rows
+
+    def _fused(self, net: Any) -> Any:
+        """The fused decoding step when ``decode`` asks for it (ValueError if the model has none),
+        computing in bf16 under ``bf16`` and otherwise in the weights' dtype."""
+        if self.decode == "exact":
+            return None
+        from synthloop.models.fused_llama import fused_llama
+
+        return fused_llama(net, torch.bfloat16 if self.bf16 else next(net.parameters()).dtype, self.batch_size)
 
     def _take(self, tok: Any, rows: _Rows, next_ids: torch.Tensor, active: torch.Tensor, *,
               check: bool) -> list[bool]:
