@@ -6,6 +6,9 @@ Engines, all sampling at temperature 0.7 over the whole vocabulary, stopping a r
 template), with the same number of threads:
 
 - ``ours``: :class:`synthloop.models.hf.HFGenerator` (bf16 autocast), one batch of ``--batch-size``;
+- ``ours_fused``: the same with ``decode="fused"`` (:mod:`synthloop.models.fused_llama`: the
+  decoding step as plain torch ops on fused, oneDNN-reordered bf16 weights; its one-off weight
+  build is warmed up, untimed, like every engine's first call);
 - ``ours_bf16_weights``: the same with the weights loaded in bf16 (``dtype: bfloat16``), as
   llama.cpp's BF16 file holds them;
 - ``before``: the same sampler as it was at git revision ``--before`` (same run, same settings);
@@ -112,10 +115,10 @@ def module_at(revision: str) -> ModuleType:
     return module
 
 
-def sampler_run(cls: Any, model: HFModel, texts: list[str], new: int, batch: int) -> float:
+def sampler_run(cls: Any, model: HFModel, texts: list[str], new: int, batch: int, **options: Any) -> float:
     """Generated tokens (EOS included) of one ``generate`` call of an HFGenerator class."""
     gen = cls(max_new_tokens=new, temperature=TEMPERATURE, batch_size=batch, bf16=True, chat=True,
-              max_prompt_tokens=4096)
+              max_prompt_tokens=4096, **options)
     out = gen.generate(model, Prompts(index=np.arange(len(texts)), items={"prompt": texts}),
                        rng=np.random.default_rng(0))
     return float(out.usage["completion_tokens"].sum())
@@ -251,6 +254,9 @@ def main() -> None:
     parser.add_argument("--ignore-eos", action="store_true", help="run every row to the token limit")
     parser.add_argument("--all-lengths", action="store_true",
                         help="run before and generate at every length (default: the first only)")
+    parser.add_argument("--engines", nargs="+", default=None,
+                        help="run only these of ours, ours_fused, ours_bf16_weights, before, generate "
+                             "(llama.cpp, the baseline, always runs)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -273,6 +279,7 @@ def main() -> None:
     for new in ([1] if args.phases else []) + args.max_new_tokens:
         engines: dict[str, Callable[[], float]] = {
             "ours": partial(sampler_run, HFGenerator, model, texts, new, args.batch_size),
+            "ours_fused": partial(sampler_run, HFGenerator, model, texts, new, args.batch_size, decode="fused"),
             "ours_bf16_weights": partial(sampler_run, HFGenerator, bf16_model, texts, new, args.batch_size),
             "llama.cpp": partial(llama.run, prompts, new, eos)}
         first = new == args.max_new_tokens[0] or new == 1 or args.all_lengths
@@ -280,8 +287,11 @@ def main() -> None:
             engines["before"] = partial(sampler_run, before, model, texts, new, args.batch_size)
         if not args.no_generate and new > 1 and first:
             engines["generate"] = partial(generate_run, base, prompts, new, args.batch_size, args.ignore_eos)
-        if not warm:  # first calls pay one-off costs (kernel set-up, page faults): untimed
+        if args.engines is not None:
+            engines = {k: v for k, v in engines.items() if k in args.engines or k == "llama.cpp"}
+        if not warm:  # first calls pay one-off costs (kernel set-up, page faults, the fused build): untimed
             warm = [sampler_run(HFGenerator, model, texts, 2, args.batch_size), llama.run(prompts, 2, eos),
+                    sampler_run(HFGenerator, model, texts, 2, args.batch_size, decode="fused"),
                     generate_run(base, prompts, 2, args.batch_size)]
         print(f"-- {new} new tokens", flush=True)
         result[f"new_tokens_{new}"] = summary(alternate(engines, args.repeats), "llama.cpp")
