@@ -174,6 +174,7 @@ class GeneratorConfig(Strict):
     max_prompt_tokens: Count = 1024
     bf16: bool = True
     stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
+    decode: Literal["exact", "fused"] = "exact"  # fused: Llama models only (models/fused_llama.py)
 
 
 class OpenAIGeneratorConfig(OpenAISettings):
@@ -394,10 +395,10 @@ def build_components(config: RunConfig, settings: MathSettings, *, model: HFMode
     max_prompt = min(g.max_prompt_tokens, longest_prompt(task, model, chat=chat, hints=t.rationalize))
     sampler = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                           stop_strings=tuple(g.stop_strings), batch_size=g.batch_size,
-                          max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat)
+                          max_prompt_tokens=max_prompt, bf16=g.bf16, chat=chat, decode=g.decode)
     task.evaluator = HFGenerator(max_new_tokens=g.max_new_tokens, temperature=0.0,
                                  stop_strings=tuple(g.stop_strings), batch_size=g.eval_batch_size,
-                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat,
+                                 max_prompt_tokens=g.max_prompt_tokens, bf16=g.bf16, chat=chat, decode=g.decode,
                                  progress="evaluating on the held-out problems")
     generator: Any = Rationalizing(sampler, verifier) if t.rationalize else sampler
     outside_signal(task, settings, g, chat=chat, count_tokens=TokenCount(model.tokenizer))
