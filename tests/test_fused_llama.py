@@ -185,3 +185,14 @@ def test_models_it_cannot_run_get_a_one_line_error(tokenizer: Any) -> None:
     gelu = tiny_llama(tokenizer, hidden_act="gelu")
     with pytest.raises(ValueError, match="silu"):
         FusedLlama(gelu.network, torch.float32)
+
+
+def test_the_math_generator_config_takes_decode() -> None:
+    from pydantic import ValidationError
+
+    from synthloop.families.math import GeneratorConfig
+
+    assert GeneratorConfig().decode == "exact"  # the default keeps today's tokens
+    assert GeneratorConfig.model_validate({"decode": "fused"}).decode == "fused"
+    with pytest.raises(ValidationError):
+        GeneratorConfig.model_validate({"decode": "fast"})
