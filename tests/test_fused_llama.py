@@ -98,6 +98,20 @@ def test_fused_step_logits_match_the_model_over_several_steps(tokenizer: Any, bf
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
+def test_biases_are_carried(tokenizer: Any) -> None:
+    net = tiny_llama(tokenizer, attention_bias=True, mlp_bias=True).network
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(2)
+        for name, param in net.named_parameters():
+            if name.endswith("bias"):  # transformers starts them at zero: make them matter
+                param.normal_(0.0, 0.5)
+    for bf16 in (False, True):
+        fused = FusedLlama(net, torch.bfloat16 if bf16 else torch.float32)
+        for expected, got in step_both(net, tokenizer, bf16, fused):
+            tolerance = bf16_tolerance(expected) if bf16 else 1e-5 * float(expected.abs().max())
+            torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+
+
 def test_reordered_weights_multiply_bit_for_bit_as_plain_ones() -> None:
     if not packs(torch.bfloat16, torch.device("cpu")):
         pytest.skip("this torch has no oneDNN")

@@ -99,7 +99,8 @@ def _cat_bias(modules: list[Any], dtype: torch.dtype) -> torch.Tensor | None:
     biases = [_bias(m) for m in modules]
     if all(b is None for b in biases):
         return None
-    rows = [b if b is not None else torch.zeros(_weight(m).shape[0]) for b, m in zip(biases, modules, strict=True)]
+    rows = [b if b is not None else _weight(m).new_zeros(_weight(m).shape[0])
+            for b, m in zip(biases, modules, strict=True)]
     return torch.cat([r.float() for r in rows]).to(dtype)
 
 
