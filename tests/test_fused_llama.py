@@ -51,7 +51,7 @@ def tiny_llama(tokenizer: Any, **overrides: Any) -> HFModel:
     return HFModel(network=network.eval(), tokenizer=tokenizer)
 
 
-def bf16_tolerance(logits: torch.Tensor) -> float:
+def bf16_tolerance(logits: Any) -> float:
     """Two bf16 roundings of the largest logit (bf16 keeps 8 significant bits: one rounding is at
     most 2**-8 relative). The fused step casts, multiplies and normalises in the same dtypes as
     autocast, so only the order of additions inside a product or a norm may differ; on the CPUs
@@ -59,7 +59,7 @@ def bf16_tolerance(logits: torch.Tensor) -> float:
     return 2 * 2.0 ** -8 * float(logits.abs().max())
 
 
-def step_both(net: Any, tok: Any, bf16: bool, fused: FusedLlama) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def step_both(net: Any, tok: Any, bf16: bool, fused: FusedLlama) -> list[tuple[Any, Any]]:
     """(transformers' logits, the fused step's) at every decoding step after the same prompts and
     the same greedy tokens (transformers' choice), a row leaving the batch half-way."""
     prompts = [tok(t)["input_ids"] for t in TEXTS]
