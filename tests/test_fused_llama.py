@@ -210,3 +210,5 @@ def test_the_math_generator_config_takes_decode() -> None:
     assert GeneratorConfig.model_validate({"decode": "fused"}).decode == "fused"
     with pytest.raises(ValidationError):
         GeneratorConfig.model_validate({"decode": "fast"})
+    with pytest.raises(ValueError, match="decode must be"):
+        HFGenerator(decode="fast")  # type: ignore[arg-type]

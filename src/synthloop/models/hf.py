@@ -343,6 +343,8 @@ class HFGenerator:
             raise ValueError("max_new_tokens, batch_size and max_prompt_tokens must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.decode not in ("exact", "fused"):
+            raise ValueError(f"decode must be 'exact' or 'fused', got {self.decode!r}")
 
     def max_usage_per_draw(self) -> dict[str, float]:
         tokens = float(self.max_prompt_tokens + self.max_new_tokens)
