@@ -183,8 +183,9 @@ def test_a_resumed_adaptive_run_matches_an_uninterrupted_one(tmp_path: Path) -> 
 
 
 def test_updates_that_do_not_contract_keep_the_pilot_size() -> None:
-    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): the
-    planner has no model to plan with and stays at the pilot instead of many tiny iterations."""
+    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): without
+    inner products the planner has no model to plan with and stays at the pilot instead of many
+    tiny iterations."""
     norms = [0.6, 0.13, 0.68, 0.44]
     assert fit_contraction(np.full(3, 100.0), np.full(3, 12.0), np.array(norms[:3]))[0] >= 0.99
     planner = _planner()
