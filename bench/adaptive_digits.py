@@ -9,6 +9,11 @@ schedule runs through ``synthloop.comparisons.compare`` (one folder per schedule
 table is the final held-out PSNR, mean and 95% interval over seeds.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/adaptive_digits.py --out runs/adaptive-digits
+    python bench/adaptive_digits.py --paired runs/adaptive-digits [more folders] --json docs/adaptive-digits.json
+
+``--paired`` reads the finished comparisons under the folders named (schedules run separately with
+``--only`` land in separate folders) and reports each schedule's final PSNR per seed and the adaptive
+schedule's paired difference with every other, by seed, with a 95% t-interval.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 from synthloop.comparisons import compare
 from synthloop.configs import CompareConfig, load_config
@@ -29,16 +35,73 @@ SCHEDULES = {"constant-1B": {"kind": "constant", "n0": 16}, "constant-10B": {"ki
              "constant-100B": {"kind": "constant", "n0": 1600}}
 
 
+def finals(folders: list[Path]) -> dict[str, dict[int, dict]]:
+    """Each schedule's trajectory per seed, from every ``compare.json`` under the folders."""
+    out: dict[str, dict[int, dict]] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*/compare.json")):
+            for trajectory in json.loads(path.read_text())["trajectories"]:
+                out.setdefault(trajectory["schedule"], {})[int(trajectory["seed"])] = trajectory
+    return out
+
+
+def interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t-interval."""
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
+
+
+def paired(folders: list[Path]) -> dict:
+    """Per schedule: final PSNR per seed and its interval; adaptive minus each other schedule, by seed."""
+    runs = finals(folders)
+    report: dict = {"schedules": {}, "adaptive_minus": {}}
+    for name, per in sorted(runs.items()):
+        values = np.array([per[s]["metrics"][-1] for s in sorted(per)])
+        report["schedules"][name] = {"seeds": sorted(per), "final": values.tolist(), "mean_ci": interval(values),
+                                     "n_selected": [per[s]["n_selected"] for s in sorted(per)]}
+    adaptive = runs.get("adaptive", {})
+    for name, per in sorted(runs.items()):
+        common = sorted(set(adaptive) & set(per))
+        if name == "adaptive" or len(common) < 2:
+            continue
+        diff = np.array([adaptive[s]["metrics"][-1] - per[s]["metrics"][-1] for s in common])
+        report["adaptive_minus"][name] = {"seeds": common, "by_seed": diff.tolist(), "mean_ci": interval(diff),
+                                          "adaptive_better": int((diff > 0).sum())}
+    return report
+
+
+def print_paired(report: dict) -> None:
+    for name, row in report["schedules"].items():
+        mean, low, high = row["mean_ci"]
+        print(f"{name}: {mean:.3f} dB [{low:.3f}, {high:.3f}], per seed "
+              + ", ".join(f"{v:.3f}" for v in row["final"]))
+    for name, row in report["adaptive_minus"].items():
+        mean, low, high = row["mean_ci"]
+        print(f"adaptive - {name}: by seed " + ", ".join(f"{v:+.3f}" for v in row["by_seed"])
+              + f"; mean {mean:+.4f} dB, 95% t-interval [{low:+.3f}, {high:+.3f}], adaptive better in "
+              f"{row['adaptive_better']} of {len(row['seeds'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("examples/digits-denoise-s10.yaml"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--paired", type=Path, nargs="+", help="report finished comparisons in these folders")
+    parser.add_argument("--json", type=Path, help="with --paired: also write the report here")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=48000.0, help="budget.total (UNet forward passes)")
     parser.add_argument("--tolerance", type=float, default=0.25, help="the Gaussian calibration's tolerance")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="run only these schedules (default: all)")
     args = parser.parse_args()
+    if args.paired:
+        report = paired(args.paired)
+        print_paired(report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return
+    if args.out is None:
+        parser.error("--out is required (or --paired)")
     torch.set_num_threads(args.threads)
     base = load_config(args.config)
     # the adaptive schedule first: it is the one the learner's statistics change

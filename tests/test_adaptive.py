@@ -183,8 +183,9 @@ def test_a_resumed_adaptive_run_matches_an_uninterrupted_one(tmp_path: Path) -> 
 
 
 def test_updates_that_do_not_contract_keep_the_pilot_size() -> None:
-    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): the
-    planner has no model to plan with and stays at the pilot instead of many tiny iterations."""
+    """Squared mean updates that do not shrink fit no contraction (rho at the grid's top): without
+    inner products the planner has no model to plan with and stays at the pilot instead of many
+    tiny iterations."""
     norms = [0.6, 0.13, 0.68, 0.44]
     assert fit_contraction(np.full(3, 100.0), np.full(3, 12.0), np.array(norms[:3]))[0] >= 0.99
     planner = _planner()
@@ -239,3 +240,38 @@ def test_reported_inner_products_set_rho_and_so_the_size() -> None:
         return planner.refit(next_iteration=5, spent=500.0, acceptance_rate=1.0)[0].n_selected
     plain, low, high = planned(None), planned(0.3), planned(0.8)
     assert len({plain, low, high}) == 3
+
+
+def test_updates_whose_norms_do_not_contract_plan_from_the_inner_products() -> None:
+    """The same non-contracting norms as above (rho at the grid's top), but with inner products of
+    successive updates that say rho = 0.3: the planner no longer falls back to the pilot, it plans
+    with the regressed rho and P0's maximum likelihood at that rho (on the learning iterations)."""
+    norms, n, v = [0.6, 0.13, 0.68, 0.44], 100, 12.0
+    planner = _planner()
+    for t, norm2 in enumerate(norms):
+        stats = {"update_variance": v, "update_norm2": norm2}
+        if t:
+            stats["update_dot_previous"] = 0.3 * norms[t - 1] - v / n
+        planner.observe(IterationRecord(**{**vars(_bare_record(t, n)), "update_statistics": stats}))
+    planned = planner.refit(next_iteration=4, spent=400.0, acceptance_rate=1.0)[0].n_selected
+    ns, vs, ys = np.full(3, float(n)), np.full(3, v), np.array(norms[:3])
+    assert fit_contraction(ns, vs, ys)[0] >= 0.99  # the norms alone: no contraction
+    rho = regressed_contraction(np.array([0.3 * y - v / n for y in norms[:3]]), np.array(norms[:3]),
+                                np.full(3, v / n), np.full(3, v / n))
+    assert abs(rho - 0.3) < 1e-9
+    # P0 at rho = 0.3 by brute force over a fine grid of the model's deviance, then predicted forward
+    p0s = np.exp(np.linspace(-12.0, 12.0, 2401)) * max(norms[:3])
+    def deviance(p0: float) -> float:
+        p, total = p0, 0.0
+        for y in norms[:3]:
+            mu = (1 - rho) ** 2 * p + v / n
+            total += np.log(mu) + y / mu
+            p = rho**2 * p + v / n
+        return total
+    p0 = p0s[int(np.argmin([deviance(p) for p in p0s]))]
+    error = p0
+    for _ in norms:
+        error = rho**2 * error + v / n
+    expected = remaining_plan(rho, error, v, 10_000.0 - 400.0)
+    assert planned != planner.pilot
+    assert abs(planned - expected) <= max(2.0, 0.05 * expected)

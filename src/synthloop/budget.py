@@ -484,7 +484,8 @@ class AdaptivePlanner:
       updates so far (``regressed_contraction``, first-order informative at any growth); the current squared
       error P_t is predicted forward, and n_t is the first step of the budget-optimal remaining plan
       for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
-      if the fit finds no contraction (rho at the top of its grid), the pilot size is kept;
+      if the norms' fit finds no contraction (rho at the top of its grid), the regressed rho is used
+      with P0 refitted at it, or, without inner products, the pilot size is kept;
       draws are planned with a Wilson lower bound on the measured acceptance rate; an iteration
       that would leave less than two kept samples takes the rest of the budget.
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
@@ -577,11 +578,16 @@ class AdaptivePlanner:
         ns, vs, ys = (np.array([getattr(m, k) for m in history], dtype=np.float64)
                       for k in ("n_selected", "variance", "norm2"))
         rho, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned])
-        if rho >= RHO_GRID[-1]:
-            return float(self.pilot)  # the norms showed no contraction: no model to plan with, stay constant
         pairs = self._pairs(t)
-        if pairs:
+        if pairs and rho >= RHO_GRID[-1]:
+            # the norms showed no contraction, so their P0 is one of rho ~ 1; the inner products
+            # measure rho at any growth: take theirs, and P0's maximum likelihood at that rho
             rho = regressed_contraction(*pairs)
+            _, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned], rhos=np.array([rho]))
+        elif pairs:
+            rho = regressed_contraction(*pairs)
+        elif rho >= RHO_GRID[-1]:
+            return float(self.pilot)  # no contraction seen and no inner products: no model, stay constant
         error = predicted_error(rho, p0, ns, vs)
         return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
 
@@ -624,8 +630,8 @@ RHO_GRID = np.linspace(0.01, 0.99, 99)  # contraction candidates
 LOG_P0_GRID = np.linspace(-12.0, 12.0, 97)  # initial squared error, relative to the largest norm2
 
 
-def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64],
-                    ys: npt.NDArray[np.float64]) -> tuple[float, float]:
+def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64],
+                    rhos: npt.NDArray[np.float64] = RHO_GRID) -> tuple[float, float]:
     """Maximum-likelihood (rho, P0) of the model e_{t+1} = rho e_t + noise of total variance V_t/n_t.
 
     Under it the mean update is g_t = (rho - 1) e_t + noise, so E||g_t||^2 = (1 - rho)^2 P_t + V_t/n_t
@@ -633,6 +639,7 @@ def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64],
     chi-square over its degrees of freedom (a gamma law of fixed shape), whose log-likelihood is
     -(log mu_t + y_t / mu_t) up to the shape, which does not move the maximum; the maximum is found
     on a grid (deterministic, so a resumed run fits exactly what an uninterrupted one did).
+    ``rhos``: the contraction candidates; a single value gives P0's maximum likelihood at that rho.
 
     >>> rng = np.random.default_rng(0)
     >>> ns = np.full(8, 200.0); vs = np.full(8, 2.0); e = np.array([3.0, 3.0]); ys = []
@@ -644,16 +651,16 @@ def fit_contraction(ns: npt.NDArray[np.float64], vs: npt.NDArray[np.float64],
     """
     steps = len(ns)
     c = vs / ns
-    q = np.zeros((len(RHO_GRID), steps + 1))  # noise part of P_t for each rho
+    q = np.zeros((len(rhos), steps + 1))  # noise part of P_t for each rho
     for t in range(steps):
-        q[:, t + 1] = RHO_GRID**2 * q[:, t] + c[t]
-    decay = RHO_GRID[:, None] ** (2 * np.arange(steps))  # [rho, t]
+        q[:, t + 1] = rhos**2 * q[:, t] + c[t]
+    decay = rhos[:, None] ** (2 * np.arange(steps))  # [rho, t]
     p0 = max(float(ys.max()), 1e-300) * np.exp(LOG_P0_GRID)  # [p0]
     p = decay[:, None, :] * p0[None, :, None] + q[:, None, :steps]  # [rho, p0, t]
-    mu = (1 - RHO_GRID)[:, None, None] ** 2 * p + c
+    mu = (1 - rhos)[:, None, None] ** 2 * p + c
     deviance = np.sum(np.log(mu) + ys / mu, axis=-1)
     i, j = np.unravel_index(int(np.argmin(deviance)), deviance.shape)
-    return float(RHO_GRID[i]), float(p0[j])
+    return float(rhos[i]), float(p0[j])
 
 
 def regressed_contraction(dots: npt.NDArray[np.float64], before: npt.NDArray[np.float64],
