@@ -133,6 +133,18 @@ def win_matrix(means: dict[str, dict[tuple[str, str, str, float], float]], order
     return lines
 
 
+def per_pair_wins(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
+                  order: list[str]) -> list[str]:
+    """The win-rate matrix of each task x student alone (its sample and token budget cells): the
+    pooled matrix weighs each pair by its number of cells, so a pair with every selector shows here."""
+    means, lines = cells(table), []
+    for task, student in sorted({(t, s) for t, s, _ in table}):
+        mine = {sel: {c: v for c, v in by.items() if c[:2] == (task, student)} for sel, by in means.items()}
+        present = [sel for sel in order if mine.get(sel)]
+        lines += [f"\n**{task}, {student} student alone**\n", *win_matrix(mine, present)]
+    return lines
+
+
 def curve_table(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
                 metric: dict[str, str], order: list[str]) -> list[str]:
     lines = []
@@ -237,7 +249,7 @@ def main() -> None:
         name = "held-out accuracy" if force == "accuracy" else "minus the held-out gold-solution loss"
         text += [f"## Metric: {name}\n", "### Learning curves", *curve_table(table, metric, order),
                  "\n### Pairwise win-rate matrix (task x student x budget cells, samples and tokens)\n",
-                 *win_matrix(cells(table), order),
+                 *win_matrix(cells(table), order), *per_pair_wins(table, order),
                  "\n### How much data random selection needs to match the best active selector\n",
                  *random_needs(table, order), ""]
         if force == "gold_loss":
