@@ -39,22 +39,43 @@ TASKS: dict[str, dict[str, Any]] = {
                   "max_new_tokens": 32, "eval_size": 24},
     "gsm_symbolic": {"levels": [{"name": "gsm", "dataset": "gsm_symbolic"}], "max_new_tokens": 64, "eval_size": 12},
 }
-#: the students: "scratch" is the math family's from-scratch GPT-2 (2 layers, 64 wide) pretrained on
-#: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from ``--student-path``
-STUDENTS: dict[str, dict[str, Any]] = {"scratch": {"kind": "pretrained"}}
+#: the students. "scratch": the math family's from-scratch GPT-2 (2 layers, 64 wide) pretrained on
+#: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from ``--student-path``, fully
+#: fine-tuned. "smollm2": SmolLM2-135M-Instruct (the packaged GGUF, exported once) with LoRA
+#: adapters (rank 16, alpha 32, lr 3e-4, bf16), prompted in its chat template (``style: chat``).
+STUDENTS: dict[str, dict[str, Any]] = {
+    "scratch": {"model": {"kind": "pretrained"}, "needs_path": True, "style": "few_shot",
+                "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 8, "epochs": 2, "reset": "restart",
+                            "bf16": False}},
+    "smollm2": {"model": {"kind": "smollm2"}, "needs_path": False, "style": "chat",
+                # one epoch of batches of 4: the scratch student's number of steps (2 epochs of 8) at half
+                # the CPU time, which training dominates for SmolLM2
+                "learner": {"kind": "sft", "lr": 3e-4, "batch_size": 4, "epochs": 1, "reset": "restart",
+                            "bf16": True, "lora": {"rank": 16, "alpha": 32}}},
+}
+#: (task, student) -> reductions of the held-out size and of the student's answer length (scoring
+#: samples and greedy evaluation), forced by CPU time: one SmolLM2 iteration on gsm_symbolic at the
+#: scratch settings took about 5 minutes on the shared 2 cores. At 32 tokens SmolLM2 rarely reaches a
+#: gsm_symbolic answer, so there the metric is the held-out gold-solution loss (it scores 0/32 anyway).
+SCALE: dict[tuple[str, str], dict[str, Any]] = {
+    ("chain_sum", "smollm2"): {"eval_size": 16, "max_new_tokens": 24},
+    ("gsm_symbolic", "smollm2"): {"eval_size": 8, "max_new_tokens": 32},
+}
 
 
 def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float,
-           source: Path) -> dict[str, Any]:
-    spec = TASKS[task]
+           source: Path | None) -> dict[str, Any]:
+    spec, who = {**TASKS[task], **SCALE.get((task, student), {})}, STUDENTS[student]
+    model = {**who["model"], "source": str(source)} if who["needs_path"] else dict(who["model"])
     return {
         "name": f"{task}-{student}-{selector}-s{seed}-{sum(sizes)}", "seed": seed,
         "task": {"kind": "active", "levels": spec["levels"], "train_size": 300, "eval_size": spec["eval_size"],
-                 "data_seed": 0, "mode": "new_question", "seeds": {"selector": selector, "candidates": candidates},
+                 "data_seed": 0, "mode": "new_question", "style": who["style"],
+                 "seeds": {"selector": selector, "candidates": candidates},
                  "student": {"max_new_tokens": spec["max_new_tokens"], "batch_size": 32, "eval_batch_size": 32}},
-        "model": {**STUDENTS[student], "source": str(source)},
+        "model": model,
         "generator": {"kind": "programmatic"},
-        "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 8, "epochs": 2, "reset": "restart", "bf16": False},
+        "learner": dict(who["learner"]),
         "selector": {"kind": "passed"},
         "training_set": {"kind": "accumulate"},
         "schedule": {"kind": "explicit", "values": sizes},
@@ -63,19 +84,26 @@ def config(task: str, student: str, selector: str, seed: int, sizes: list[int], 
     }
 
 
-def gold_loss(model: Any, prompts: Any) -> Mapping[str, float]:
-    """Held-out mean token loss of the reference solutions: informative even where accuracy is 0."""
+def gold_loss(chat: bool, bf16: bool) -> Any:
+    """Held-out mean token loss of the reference solutions: informative even where accuracy is 0.
+    A chat-style student reads the solution as the assistant's turn (no leading space)."""
     from synthloop.models.hf import HFGenerator
     from synthloop.models.scoring import StudentScorer
 
-    scorer = StudentScorer("loss_gold", HFGenerator())
-    return {"gold_loss": float(scorer.losses(model, prompts, [" " + s for s in prompts.items["solution"]]).mean())}
+    scorer = StudentScorer("loss_gold", HFGenerator(), chat=chat, bf16=bf16)
+
+    def metric(model: Any, prompts: Any) -> Mapping[str, float]:
+        completions = [s if chat else " " + s for s in prompts.items["solution"]]
+        return {"gold_loss": float(scorer.losses(model, prompts, completions).mean())}
+
+    return metric
 
 
 def one_run(data: dict[str, Any]) -> dict[str, Any]:
     cfg = parse_config(data)
     components = build_components(cfg)
-    components.task.extra_metrics = gold_loss  # type: ignore[attr-defined]
+    chat = data["task"]["style"] == "chat"
+    components.task.extra_metrics = gold_loss(chat, bool(data["learner"]["bf16"]))  # type: ignore[attr-defined]
     initial: dict[str, float] = {}
 
     def report(event: Event) -> None:
@@ -101,8 +129,8 @@ def one_run(data: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--student-path", type=Path, required=True,
-                        help="the pretrained student: a checkpoint folder (the math family's scratch cache)")
+    parser.add_argument("--student-path", type=Path, default=None,
+                        help="the scratch student: a checkpoint folder (the math family's scratch cache)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--students", nargs="+", default=list(STUDENTS))
     parser.add_argument("--selectors", nargs="+", default=[*SELECTORS, "static"])
@@ -113,6 +141,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--candidates", type=float, default=2.0)
     args = parser.parse_args()
+    unknown = [s for s in args.students if s not in STUDENTS]
+    if unknown:
+        parser.error(f"unknown students {unknown}; allowed: {', '.join(STUDENTS)}")
+    if args.student_path is None and any(STUDENTS[s]["needs_path"] for s in args.students):
+        parser.error("--student-path is needed for the scratch student")
     done = {json.dumps(r["key"]) for r in map(json.loads, args.out.read_text().splitlines())} \
         if args.out.exists() else set()
     for seed in range(args.first_seed, args.seeds):
@@ -125,8 +158,11 @@ def main() -> None:
                             continue
                         result = one_run(config(task, student, "random" if name == "static" else selector,
                                                 seed, sizes, args.candidates, args.student_path))
+                        spec = {**TASKS[task], **SCALE.get((task, student), {})}
+                        settings = {"eval_size": spec["eval_size"], "max_new_tokens": spec["max_new_tokens"],
+                                    "candidates": args.candidates, "learner": STUDENTS[student]["learner"]}
                         with args.out.open("a") as out:
-                            out.write(json.dumps({"key": key, **result}) + "\n")
+                            out.write(json.dumps({"key": key, **result, "settings": settings}) + "\n")
                         print(f"{key} {result['curve'][-1]} {result['seconds']:.0f}s", flush=True)
 
 

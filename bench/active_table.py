@@ -1,6 +1,10 @@
 """Tables and plots of ``bench/active_experiment.py``'s results (one JSON line per run).
 
-    python bench/active_table.py docs/active-results.jsonl --md docs/active-tables.md --png docs/active-curves.png
+    python bench/active_table.py docs/active-results.jsonl docs/active-results-smollm2.jsonl \
+        --md docs/active-tables.md --png docs/active-curves.png
+
+Several result files (one per student or machine) are read as one experiment; a run key
+(task, student, selector, seed, sizes) found twice is an error, not a silent double count.
 
 The metric per task is held-out accuracy, unless every run of the task scores 0 (a student too weak
 for the task), then minus the held-out loss of the reference solutions (higher is better either way).
@@ -24,8 +28,19 @@ import numpy as np
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
 
 
-def load(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    runs, seen = [], set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            run = json.loads(line)
+            key = json.dumps(run["key"], sort_keys=True)
+            if key in seen:
+                raise SystemExit(f"{path}: run {key} appears twice in the result files")
+            seen.add(key)
+            runs.append(run)
+    return runs
 
 
 def points(run: dict[str, Any], metric: str) -> list[tuple[float, float, float]]:
@@ -118,6 +133,18 @@ def win_matrix(means: dict[str, dict[tuple[str, str, str, float], float]], order
     return lines
 
 
+def per_pair_wins(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
+                  order: list[str]) -> list[str]:
+    """The win-rate matrix of each task x student alone (its sample and token budget cells): the
+    pooled matrix weighs each pair by its number of cells, so a pair with every selector shows here."""
+    means, lines = cells(table), []
+    for task, student in sorted({(t, s) for t, s, _ in table}):
+        mine = {sel: {c: v for c, v in by.items() if c[:2] == (task, student)} for sel, by in means.items()}
+        present = [sel for sel in order if mine.get(sel)]
+        lines += [f"\n**{task}, {student} student alone**\n", *win_matrix(mine, present)]
+    return lines
+
+
 def curve_table(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
                 metric: dict[str, str], order: list[str]) -> list[str]:
     lines = []
@@ -162,19 +189,19 @@ def random_needs(table: dict[tuple[str, str, str], list[list[tuple[float, float,
 
 
 def cost_table(runs: list[dict[str, Any]], order: list[str]) -> list[str]:
-    lines = ["| task | selector | student forward passes / iteration | judge tokens / iteration | "
-             "teacher tokens / iteration | seconds / run |", "|---" * 6 + "|"]
-    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    lines = ["| task | student | selector | student forward passes / iteration | judge tokens / iteration | "
+             "teacher tokens / iteration | seconds / run |", "|---" * 7 + "|"]
+    by: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        by[(run["key"]["task"], run["key"]["selector"])].append(run)
-    for (task, selector) in sorted(by, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99)):
-        group = by[(task, selector)]
+        by[(run["key"]["task"], run["key"]["student"], run["key"]["selector"])].append(run)
+    for (task, student, selector) in sorted(by, key=lambda k: (k[0], k[1], order.index(k[2]) if k[2] in order else 99)):
+        group = by[(task, student, selector)]
         its = [it["usage"] for r in group for it in r["curve"]]
         fp = np.mean([u.get("score.forward_passes", 0.0) for u in its])
         judge = np.mean([u.get("score.tokens", 0.0) for u in its])
         label = np.mean([u.get("label.tokens", 0.0) for u in its])
         seconds = np.mean([r["seconds"] for r in group])
-        lines.append(f"| {task} | {selector} | {fp:.0f} | {judge:.0f} | {label:.0f} | {seconds:.0f} |")
+        lines.append(f"| {task} | {student} | {selector} | {fp:.0f} | {judge:.0f} | {label:.0f} | {seconds:.0f} |")
     return lines
 
 
@@ -208,7 +235,7 @@ def plot(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="+", help="result files, read as one experiment")
     parser.add_argument("--md", type=Path, required=True)
     parser.add_argument("--png", type=Path, required=True)
     args = parser.parse_args()
@@ -222,7 +249,7 @@ def main() -> None:
         name = "held-out accuracy" if force == "accuracy" else "minus the held-out gold-solution loss"
         text += [f"## Metric: {name}\n", "### Learning curves", *curve_table(table, metric, order),
                  "\n### Pairwise win-rate matrix (task x student x budget cells, samples and tokens)\n",
-                 *win_matrix(cells(table), order),
+                 *win_matrix(cells(table), order), *per_pair_wins(table, order),
                  "\n### How much data random selection needs to match the best active selector\n",
                  *random_needs(table, order), ""]
         if force == "gold_loss":
