@@ -578,15 +578,13 @@ class AdaptivePlanner:
         ns, vs, ys = (np.array([getattr(m, k) for m in history], dtype=np.float64)
                       for k in ("n_selected", "variance", "norm2"))
         rho, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned])
+        flat = rho >= RHO_GRID[-1]  # the norms showed no contraction
         pairs = self._pairs(t)
-        if pairs and rho >= RHO_GRID[-1]:
-            # the norms showed no contraction, so their P0 is one of rho ~ 1; the inner products
-            # measure rho at any growth: take theirs, and P0's maximum likelihood at that rho
+        if pairs:  # the inner products measure rho at any growth
             rho = regressed_contraction(*pairs)
-            _, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned], rhos=np.array([rho]))
-        elif pairs:
-            rho = regressed_contraction(*pairs)
-        elif rho >= RHO_GRID[-1]:
+            if flat:  # the norms' P0 was one of rho ~ 1: P0's maximum likelihood at the regressed rho
+                _, p0 = fit_contraction(ns[:learned], vs[:learned], ys[:learned], rhos=np.array([rho]))
+        elif flat:
             return float(self.pilot)  # no contraction seen and no inner products: no model, stay constant
         error = predicted_error(rho, p0, ns, vs)
         return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
