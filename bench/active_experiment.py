@@ -63,9 +63,14 @@ SCALE: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def task_spec(task: str, student: str) -> dict[str, Any]:
+    """The task's settings with that student's reductions applied."""
+    return {**TASKS[task], **SCALE.get((task, student), {})}
+
+
 def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float,
            source: Path | None) -> dict[str, Any]:
-    spec, who = {**TASKS[task], **SCALE.get((task, student), {})}, STUDENTS[student]
+    spec, who = task_spec(task, student), STUDENTS[student]
     model = {**who["model"], "source": str(source)} if who["needs_path"] else dict(who["model"])
     return {
         "name": f"{task}-{student}-{selector}-s{seed}-{sum(sizes)}", "seed": seed,
@@ -158,7 +163,7 @@ def main() -> None:
                             continue
                         result = one_run(config(task, student, "random" if name == "static" else selector,
                                                 seed, sizes, args.candidates, args.student_path))
-                        spec = {**TASKS[task], **SCALE.get((task, student), {})}
+                        spec = task_spec(task, student)
                         settings = {"eval_size": spec["eval_size"], "max_new_tokens": spec["max_new_tokens"],
                                     "candidates": args.candidates, "learner": STUDENTS[student]["learner"]}
                         with args.out.open("a") as out:

@@ -11,7 +11,7 @@ definite; the official code multiplies two independent random matrices, which ne
 KL is estimated three ways: the kNN estimator (synthloop.diagnostics.estimators.knn_kl, any
 dimension), the paper's 50-bin histogram (2-D only, on 200,000 points per side: enough for its
 2,500 cells), and a Monte-Carlo reference that uses both
-densities (E_fit[log fit - log truth], 10,000 draws), which neither estimator may use on real runs.
+densities (E_fit[log fit - log truth], 4,000 draws), which neither estimator may use on real runs.
 
     python bench/gmm_information_gain.py --repeats 5 --out docs/gmm-information-gain.png
 """
