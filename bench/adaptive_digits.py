@@ -9,6 +9,7 @@ schedule runs through ``synthloop.comparisons.compare`` (one folder per schedule
 table is the final held-out PSNR, mean and 95% interval over seeds.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/adaptive_digits.py --out runs/adaptive-digits
+    OMP_NUM_THREADS=1 python bench/adaptive_digits.py --out runs/adaptive-digits-more --first-seed 6 --seeds 18
     python bench/adaptive_digits.py --paired runs/adaptive-digits [more folders] --json docs/adaptive-digits.json
 
 ``--paired`` reads the finished comparisons under the folders named (schedules run separately with
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("--paired", type=Path, nargs="+", help="report finished comparisons in these folders")
     parser.add_argument("--json", type=Path, help="with --paired: also write the report here")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=None,
+                        help="seeds first-seed .. first-seed + seeds - 1 (default: the config's seed), to add "
+                             "seeds to a finished comparison in a new folder; --paired reads both")
     parser.add_argument("--budget", type=float, default=48000.0, help="budget.total (UNet forward passes)")
     parser.add_argument("--tolerance", type=float, default=0.25, help="the Gaussian calibration's tolerance")
     parser.add_argument("--threads", type=int, default=1)
@@ -108,6 +112,7 @@ def main() -> None:
     schedules = {"adaptive": {"kind": "adaptive", "tolerance": args.tolerance}, **SCHEDULES}
     schedules = {k: v for k, v in schedules.items() if not args.only or k in args.only}
     config = base.model_copy(update={
+        "seed": base.seed if args.first_seed is None else args.first_seed,
         "budget": base.budget.model_copy(update={"total": args.budget}),
         "compare": CompareConfig.model_validate({"schedules": schedules, "seeds": args.seeds})})
     clock = time.perf_counter()
