@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from synthloop.longstep import LongStep
@@ -546,6 +547,121 @@ def _nucleus_draw(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> to
 # -- supervised fine-tuning -----------------------------------------------------------------------
 
 
+STATISTICS_COORDINATES = 2**20  # coordinates the update statistics measure at most (all of LoRA adapters)
+STATISTICS_SEED = 14  # the coordinate sample's seed: a constant, so every iteration, restart and resume agree
+
+
+@dataclass
+class CoordinateSample:
+    """Which coordinates of the flattened trainable vector (parameters in order, each flattened) the
+    update statistics read. All of them up to ``cap``; past it (full fine-tuning: 135M for SmolLM2)
+    a fixed uniform sample of ``cap`` indices without replacement, drawn from ``seed`` alone, so
+    successive updates are compared on the same coordinates. A sum of squares or products over the
+    sample times :attr:`scale` (D / cap) is unbiased for the whole vector's: each coordinate is in
+    the sample with probability cap / D. Keeping every coordinate would cost 8 bytes each in float64.
+    """
+
+    sizes: tuple[int, ...]
+    cap: int = STATISTICS_COORDINATES
+    seed: int = STATISTICS_SEED
+    local_: list[torch.Tensor | None] = field(init=False, repr=False)  # per parameter; None: all of it
+    placed_: dict[torch.device, list[torch.Tensor | None]] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cap < 1:
+            raise ValueError(f"the update statistics need at least one coordinate, got cap={self.cap}")
+        self.local_ = [None] * len(self.sizes)
+        if self.total <= self.cap:
+            return
+        chosen = np.sort(np.random.default_rng(self.seed).choice(self.total, self.cap, replace=False))
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        bounds = np.searchsorted(chosen, offsets)
+        self.local_ = [torch.from_numpy(chosen[lo:hi] - start)
+                       for lo, hi, start in zip(bounds[:-1], bounds[1:], offsets[:-1], strict=True)]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.sizes))
+
+    @property
+    def count(self) -> int:
+        return min(self.total, self.cap)
+
+    @property
+    def scale(self) -> float:
+        """D / (coordinates read): what makes sample sums of squares unbiased for the whole vector."""
+        return self.total / self.count
+
+    def indices(self) -> npt.NDArray[np.int64]:
+        """The coordinates read, as sorted indices into the flattened trainable vector."""
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        parts = [np.arange(start, start + size) if index is None else start + index.numpy()
+                 for start, size, index in zip(offsets, self.sizes, self.local_, strict=False)]
+        return np.concatenate([np.zeros(0, dtype=np.int64), *parts]).astype(np.int64)
+
+    def take(self, tensors: Sequence[torch.Tensor | None]) -> npt.NDArray[np.float64]:
+        """The sampled coordinates of these tensors (gradients; None counts as zeros), in float64
+        on the CPU (where float64 always exists: not on MPS)."""
+        if not tensors:
+            return np.zeros(0)
+        local = self._on(tensors[0].device if tensors[0] is not None else torch.device("cpu"))
+        parts = []
+        for size, index, tensor in zip(self.sizes, local, tensors, strict=True):
+            width = size if index is None else len(index)
+            if tensor is None:
+                parts.append(torch.zeros(width, dtype=torch.float64))
+                continue
+            flat = tensor.detach().reshape(-1)
+            parts.append((flat if index is None else flat.index_select(0, index.to(flat.device))).double().cpu())
+        return torch.cat(parts).numpy()
+
+    def _on(self, device: torch.device) -> list[torch.Tensor | None]:
+        """The index tensors on ``device``, moved there once."""
+        if device not in self.placed_:
+            self.placed_[device] = [None if i is None else i.to(device) for i in self.local_]
+        return self.placed_[device]
+
+
+@dataclass
+class StepMoments:
+    """Running sums over optimizer steps k of their gradients g_k, each the mean over b_k examples:
+    the step count m, sum b_k, sum b_k g_k (a vector) and sum b_k ||g_k||^2. Nothing per step is kept.
+
+    Step groups are shuffled random subsets, so the g_k are independent draws with covariance
+    about Sigma / b_k; then V = sum_k b_k ||g_k - gbar||^2 / (m - 1), gbar = sum b_k g_k / sum b_k,
+    estimates the per-example trace of Sigma (the mean over n examples has variance V / n, what
+    the adaptive planner assumes) and needs no per-example gradient.
+
+    >>> moments = StepMoments()
+    >>> moments.add(np.array([1.0, 0.0]), 1); moments.add(np.array([0.0, 0.0]), 3)
+    >>> moments.statistics(1.0)
+    {'update_variance': 0.75, 'update_norm2': 0.0625}
+    """
+
+    steps: int = 0
+    weight: float = 0.0
+    total: npt.NDArray[np.float64] | None = None
+    squares: float = 0.0
+
+    def add(self, gradient: npt.NDArray[np.float64], examples: int) -> None:
+        self.total = examples * gradient if self.total is None else self.total + examples * gradient
+        self.squares += examples * float(gradient @ gradient)
+        self.weight += examples
+        self.steps += 1
+
+    def mean(self) -> npt.NDArray[np.float64] | None:
+        return None if self.steps < 2 or self.total is None else self.total / self.weight
+
+    def statistics(self, scale: float) -> dict[str, float]:
+        """Variance and squared mean, times ``scale`` (the coordinate sample's D / count)."""
+        mean = self.mean()
+        if mean is None:
+            return {}
+        norm2 = float(mean @ mean)
+        spread = max(self.squares - self.weight * norm2, 0.0) / (self.steps - 1)
+        return {"update_variance": scale * spread, "update_norm2": scale * norm2}
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     rank: int = 8
@@ -565,6 +681,12 @@ class SFTLearner:
     tokens of each optimizer step). ``reset="continue"`` keeps training the current model (Spend
     Wisely); ``reset="restart"`` starts every iteration from the base model with a fresh optimizer
     (STaR). ``lora`` trains low-rank adapters instead of all weights.
+
+    :meth:`update_statistics` reports the update's per-example statistics for the adaptive
+    schedule, from the gradients training computes anyway (no extra pass): each first-epoch
+    optimizer step's gradient of the trainable weights, before clipping, weighted by its examples
+    (:class:`StepMoments`), over at most ``statistics_coordinates`` coordinates
+    (:class:`CoordinateSample`, seeded by ``statistics_seed``).
     """
 
     base: HFModel
@@ -582,9 +704,15 @@ class SFTLearner:
     chat: bool = False  # the prompt is a user turn in the chat template (as in HFGenerator)
     max_grad_norm: float = 1.0
     warmup_steps: int = 0  # linear learning-rate warm-up over the first optimizer steps (after each reset)
+    statistics_coordinates: int = STATISTICS_COORDINATES
+    statistics_seed: int = STATISTICS_SEED
     model_: HFModel = field(init=False)
     optimizer_: torch.optim.Optimizer = field(init=False)
     steps_: int = field(init=False, default=0)
+    moments_: StepMoments = field(init=False, default_factory=StepMoments)
+    statistics_: dict[str, float] = field(init=False, default_factory=dict)
+    previous_: npt.NDArray[np.float64] | None = field(init=False, default=None)  # the last mean update
+    coordinates_: CoordinateSample | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # The learner owns ``base.network`` from here on (LoRA wraps it in place): build one per learner.
@@ -649,6 +777,7 @@ class SFTLearner:
     def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
         if self.reset == "restart":
             self._fresh()
+        self.moments_, self.statistics_ = StepMoments(), {}
         if len(selected) == 0:
             return {"loss": math.nan, "optimizer_steps": 0.0, "trained_tokens": 0.0}
         examples = [self.encode(p, c) for p, c in zip(self._training_prompts(selected),
@@ -656,13 +785,14 @@ class SFTLearner:
         losses, tokens, steps = [], 0, 0
         with torch.random.fork_rng():  # dropout, if the model has any, from a seeded fork: no global state
             torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
-            for _ in range(self.epochs):
+            for epoch in range(self.epochs):
                 for group in self._groups(examples, rng):
-                    loss, n_tokens = self.optimizer_step([examples[i] for i in group])
+                    loss, n_tokens = self.optimizer_step([examples[i] for i in group], record=epoch == 0)
                     losses.append(loss)
                     tokens += n_tokens
                     steps += 1
                     self.steps_ += 1
+        self._record_statistics()
         return {"loss": float(np.mean(losses)), "optimizer_steps": float(steps), "trained_tokens": float(tokens)}
 
     def _groups(self, examples: Sequence[tuple[list[int], int]], rng: np.random.Generator) -> Iterator[list[int]]:
@@ -672,8 +802,9 @@ class SFTLearner:
         for start in range(0, len(order), per_step):
             yield [int(i) for i in order[start:start + per_step]]
 
-    def optimizer_step(self, batch: Sequence[tuple[list[int], int]]) -> tuple[float, int]:
-        """One AdamW step on ``batch`` in micro-batches; returns (mean loss, tokens forwarded)."""
+    def optimizer_step(self, batch: Sequence[tuple[list[int], int]], *, record: bool = False) -> tuple[float, int]:
+        """One AdamW step on ``batch`` in micro-batches; returns (mean loss, tokens forwarded).
+        ``record``: add the step's gradient, before clipping, to the update statistics."""
         network = self.model_.network
         network.train()
         n_target = sum(len(ids) - k for ids, k in batch)
@@ -687,6 +818,8 @@ class SFTLearner:
             (loss_sum / max(n_target, 1)).backward()
             total_loss += float(loss_sum.detach())
             forwarded += int(mask.sum())
+        if record:
+            self.moments_.add(self._gradient_sample(), len(batch))
         for group in self.optimizer_.param_groups:
             # Adam's first steps move every weight by about lr whatever the gradient's size: a warm-up
             # keeps them from knocking a converged model off its minimum.
@@ -697,6 +830,42 @@ class SFTLearner:
         self.optimizer_.step()
         self.optimizer_.zero_grad(set_to_none=True)
         return total_loss / max(n_target, 1), forwarded
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The trained parameters, in the optimizer's order."""
+        return [p for p in self.model_.network.parameters() if p.requires_grad]
+
+    def _gradient_sample(self) -> npt.NDArray[np.float64]:
+        """The sampled coordinates of the accumulated gradient (:class:`CoordinateSample`)."""
+        params = self._trainable()
+        if self.coordinates_ is None:
+            self.coordinates_ = CoordinateSample(tuple(p.numel() for p in params), self.statistics_coordinates,
+                                                 self.statistics_seed)
+        return self.coordinates_.take([p.grad for p in params])
+
+    def _record_statistics(self) -> None:
+        """The update's statistics and its mean's inner product with the previous update's (from
+        which the adaptive schedule regresses the contraction). An update with fewer than two steps
+        reports nothing and moved too little to pair: the previous mean stays the last."""
+        mean = self.moments_.mean()
+        if mean is None or self.coordinates_ is None:
+            return
+        scale = self.coordinates_.scale
+        self.statistics_ = self.moments_.statistics(scale)
+        if self.previous_ is not None and self.previous_.shape == mean.shape:
+            self.statistics_["update_dot_previous"] = scale * float(mean @ self.previous_)
+        self.previous_ = mean
+
+    def update_statistics(self) -> dict[str, float]:
+        """The last update's per-example statistics, in the digits learner's keys: ``update_variance``
+        V = sum_k b_k ||g_k - gbar||^2 / (m - 1) over its m first-epoch optimizer steps (g_k: step k's
+        gradient of the trainable weights over its b_k examples, before clipping; gbar = sum b_k g_k
+        / sum b_k), ``update_norm2`` ||gbar||^2 and ``update_dot_previous`` <gbar, previous gbar>.
+        Later epochs are left out (they reuse the same examples, so their steps are not independent
+        draws); so are micro-batches (length-sorted, not random). Past ``statistics_coordinates``
+        trainable coordinates, sums run over a fixed uniform sample of that many and are scaled by
+        D / that many, unbiased for the whole vector. Empty with fewer than two steps."""
+        return dict(self.statistics_)
 
     @staticmethod
     def _loss_sum(network: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -748,6 +917,9 @@ class SFTLearner:
         save_file(trainable, str(directory / "trainable.safetensors"))
         torch.save(self.optimizer_.state_dict(), directory / "optimizer.pt")
         (directory / "learner.json").write_text(json.dumps({"steps": self.steps_}))
+        if self.previous_ is not None:  # so a resumed run reports the same inner product
+            save_file({"previous_update": torch.from_numpy(self.previous_)},
+                      str(directory / "previous_update.safetensors"))
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
@@ -767,4 +939,6 @@ class SFTLearner:
                                                   map_location=device))
         state = json.loads((directory / "learner.json").read_text())
         self.steps_ = int(state["steps"])
+        previous = directory / "previous_update.safetensors"  # absent in checkpoints written before it was kept
+        self.previous_ = load_file(str(previous))["previous_update"].numpy().copy() if previous.exists() else None
 
