@@ -275,3 +275,37 @@ def test_updates_whose_norms_do_not_contract_plan_from_the_inner_products() -> N
     expected = remaining_plan(rho, error, v, 10_000.0 - 400.0)
     assert planned != planner.pilot
     assert abs(planned - expected) <= max(2.0, 0.05 * expected)
+
+
+def _planned_after_large_slow_norms(min_size: int, spent: float = 400.0) -> int:
+    planner = AdaptivePlanner(budget=10_000.0, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=1.0, tolerance=0.5,
+                              min_size=min_size)
+    for t, norm2 in enumerate([400.0, 300.0, 200.0, 0.01]):  # far from the optimum, slowly contracting
+        stats = {"update_variance": 1.0, "update_norm2": norm2}
+        planner.observe(IterationRecord(**{**vars(_bare_record(t, 100)), "update_statistics": stats}))
+    return planner.refit(next_iteration=4, spent=spent, acceptance_rate=1.0)[0].n_selected
+
+
+def test_no_iteration_is_planned_below_the_smallest_update_the_learner_makes() -> None:
+    """Far from the optimum the budget-optimal step is tiny (2 here); a learner that needs B = 16
+    kept samples for one optimizer step would move nothing and measure nothing at that size."""
+    assert _planned_after_large_slow_norms(2) == 2
+    assert _planned_after_large_slow_norms(16) == 16
+    # what would be left after a last step of 16 could not make another: the rest is spent now
+    assert _planned_after_large_slow_norms(16, spent=10_000.0 - 20) == 20
+    with pytest.raises(ValueError, match="min_size"):
+        AdaptivePlanner(budget=1.0, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=1.0, min_size=0)
+
+
+def test_the_digits_and_math_families_set_the_smallest_update_from_their_learners() -> None:
+    root = Path(__file__).resolve().parents[1] / "examples"
+    digits = load_config(root / "digits-denoise-s10.yaml")
+    digits = digits.model_copy(update={"schedule": AdaptiveSchedule(kind="adaptive")})
+    planner = make_planner(digits)
+    assert isinstance(planner, AdaptivePlanner) and planner.min_size == digits.learner.batch_size
+    math_config = load_config(root / "math-adaptive.yaml")
+    planner = make_planner(math_config)
+    assert isinstance(planner, AdaptivePlanner)
+    learner = math_config.learner.model_dump()  # grad_accum at its default (1) unless the file sets it
+    assert learner["batch_size"] > 1
+    assert planner.min_size == learner["batch_size"] * learner.get("grad_accum", 1) + 1

@@ -486,8 +486,11 @@ class AdaptivePlanner:
       for that model (``remaining_plan``: n_t = V / (rho (1 - rho) P_t) away from the budget's end);
       if the norms' fit finds no contraction (rho at the top of its grid), the regressed rho is used
       with P0 refitted at it, or, without inner products, the pilot size is kept;
-      draws are planned with a Wilson lower bound on the measured acceptance rate; an iteration
-      that would leave less than two kept samples takes the rest of the budget.
+      draws are planned with a Wilson lower bound on the measured acceptance rate; no iteration is
+      planned below ``min_size``, the smallest update the learner makes and measures (a family's
+      ``smallest_update``: the contraction model assumes every iteration moves the model, and one
+      that fills no optimizer step moves nothing and reports nothing); an iteration that would leave
+      less than ``min_size`` kept samples takes the rest of the budget.
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
     ``Measured`` per observed iteration, rebuilt by ``observe`` from committed records on resume
     (or saved with ``to_json``), so a resumed run plans exactly what an uninterrupted one would.
@@ -500,19 +503,23 @@ class AdaptivePlanner:
     n0: float | None = None
     max_iterations: int | None = None
     z: float = 1.96
+    min_size: int = 2
     observed: dict[int, Measured] = field(default_factory=dict)
     adapts = True
 
     def __post_init__(self) -> None:
         if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
             raise ValueError(f"tolerance must be a positive finite number, got {self.tolerance}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be at least 1, got {self.min_size}")
         if self.unit_costs.per_kept(1.0 / max(self.acceptance_rate, 1e-6)) <= 0:
             raise ValueError("every stage is free: a budget cannot bound this run (price some stage)")
 
     @property
     def pilot(self) -> int:
         per_kept = self.unit_costs.per_kept(1.0 / self.acceptance_rate)
-        return max(2, round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
+        return max(2, self.min_size,
+                   round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
 
     def schedule(self) -> Schedule:
         """The known prefix as a schedule: the pilot (later sizes are not known before the run)."""
@@ -550,7 +557,7 @@ class AdaptivePlanner:
         wanted = self._wanted(next_iteration, affordable)
         final = self.max_iterations is not None and next_iteration == self.max_iterations - 1
         n, cut = int(min(wanted, affordable)), wanted > affordable
-        if final or affordable - n < 2:
+        if final or affordable - n < max(2, self.min_size):
             n = affordable  # what would be left could not make an iteration: spend the rest now
         if n < 1:
             return []
@@ -587,7 +594,7 @@ class AdaptivePlanner:
         elif flat:
             return float(self.pilot)  # no contraction seen and no inner products: no model, stay constant
         error = predicted_error(rho, p0, ns, vs)
-        return max(2.0, round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
+        return max(2.0, float(self.min_size), round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
 
     def _pairs(self, upto: int) -> tuple[npt.NDArray[np.float64], ...] | None:
         """(dot_t, y_{t-1}, c_t, c_{t-1}) for each observed iteration before ``upto`` that reported its

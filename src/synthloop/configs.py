@@ -385,14 +385,16 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> A
     settings = family.validate(config)
     unit_costs = _unit_costs(config, family, settings)
     acceptance = config.budget.expected_acceptance if config.streams else 1.0 / config.loop.oversample
+    defaults = family.schedule_defaults(settings)
     try:
-        make = schedule.factory(family.schedule_defaults(settings))
+        make = schedule.factory(defaults)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if isinstance(schedule, AdaptiveSchedule):
         return AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
                                tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
-                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations))
+                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations),
+                               min_size=int(defaults.get("smallest_update", 2)))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations

@@ -152,7 +152,8 @@ class DigitsFamily:
         return {"samples": 1.0, "forward_passes": 1.0, "flops": TRAIN_FLOPS_FACTOR * forward_flops(settings)}
 
     def schedule_defaults(self, settings: DigitsSettings) -> dict[str, float]:
-        return {}
+        # an update of fewer than B kept images fills no optimizer step (they wait for the next one)
+        return {"smallest_update": float(settings.learner.batch_size)}
 
     def build(self, config: RunConfig, settings: DigitsSettings) -> Components:
         try:

@@ -271,7 +271,8 @@ class MathFamily:
         return {"samples": 1.0, "tokens": prompt + limit / 4, "prompt_tokens": prompt, "completion_tokens": limit / 4}
 
     def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
-        return {}
+        # the update statistics need two optimizer steps (SFTLearner.update_statistics)
+        return {"smallest_update": float(settings.learner.batch_size * settings.learner.grad_accum + 1)}
 
     def build(self, config: RunConfig, settings: MathSettings) -> Components:
         return build_components(config, settings)
