@@ -530,7 +530,9 @@ class AdaptivePlanner:
         return (f"adaptive: the pilot size {self.pilot} is kept while the norm test (tolerance "
                 f"{self.tolerance:g}) passes on the measured update statistics; then each n_t is the first step "
                 "of the budget-optimal plan for the contraction fitted to them, with the budget left and a "
-                "lower confidence bound on the measured acceptance rate")
+                "lower confidence bound on the measured acceptance rate"
+                + (f"; never below {self.min_size} kept samples, the smallest update the learner makes and "
+                   "measures" if self.min_size > 2 else ""))
 
     def plan(self) -> list[PlannedIteration]:
         return self.refit(next_iteration=0, spent=0.0, acceptance_rate=self.acceptance_rate)
