@@ -302,10 +302,11 @@ def test_the_digits_and_math_families_set_the_smallest_update_from_their_learner
     digits = load_config(root / "digits-denoise-s10.yaml")
     digits = digits.model_copy(update={"schedule": AdaptiveSchedule(kind="adaptive")})
     planner = make_planner(digits)
-    assert isinstance(planner, AdaptivePlanner) and planner.min_size == digits.learner.batch_size
+    assert digits.learner is not None
+    assert isinstance(planner, AdaptivePlanner) and planner.min_size == digits.learner.model_dump()["batch_size"]
     math_config = load_config(root / "math-adaptive.yaml")
     planner = make_planner(math_config)
-    assert isinstance(planner, AdaptivePlanner)
+    assert isinstance(planner, AdaptivePlanner) and math_config.learner is not None
     learner = math_config.learner.model_dump()  # grad_accum at its default (1) unless the file sets it
     assert learner["batch_size"] > 1
     assert planner.min_size == learner["batch_size"] * learner.get("grad_accum", 1) + 1
