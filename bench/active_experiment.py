@@ -63,14 +63,15 @@ SCALE: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def task_spec(task: str, student: str) -> dict[str, Any]:
-    """The task's settings with that student's reductions applied."""
-    return {**TASKS[task], **SCALE.get((task, student), {})}
+def task_spec(task: str, student: str, eval_size: int | None = None) -> dict[str, Any]:
+    """The task's settings with that student's reductions applied (and the held-out size, if given)."""
+    spec = {**TASKS[task], **SCALE.get((task, student), {})}
+    return spec if eval_size is None else {**spec, "eval_size": eval_size}
 
 
 def config(task: str, student: str, selector: str, seed: int, sizes: list[int], candidates: float,
-           source: Path | None) -> dict[str, Any]:
-    spec, who = task_spec(task, student), STUDENTS[student]
+           source: Path | None, eval_size: int | None = None) -> dict[str, Any]:
+    spec, who = task_spec(task, student, eval_size), STUDENTS[student]
     model = {**who["model"], "source": str(source)} if who["needs_path"] else dict(who["model"])
     return {
         "name": f"{task}-{student}-{selector}-s{seed}-{sum(sizes)}", "seed": seed,
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--candidates", type=float, default=2.0)
+    parser.add_argument("--eval-size", type=int, default=None,
+                        help="held-out problems (default: the task and student's own); use another --out")
     args = parser.parse_args()
     unknown = [s for s in args.students if s not in STUDENTS]
     if unknown:
@@ -162,8 +165,8 @@ def main() -> None:
                         if json.dumps(key) in done:
                             continue
                         result = one_run(config(task, student, "random" if name == "static" else selector,
-                                                seed, sizes, args.candidates, args.student_path))
-                        spec = task_spec(task, student)
+                                                seed, sizes, args.candidates, args.student_path, args.eval_size))
+                        spec = task_spec(task, student, args.eval_size)
                         settings = {"eval_size": spec["eval_size"], "max_new_tokens": spec["max_new_tokens"],
                                     "candidates": args.candidates, "learner": STUDENTS[student]["learner"]}
                         with args.out.open("a") as out:
