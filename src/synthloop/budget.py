@@ -489,8 +489,8 @@ class AdaptivePlanner:
       draws are planned with a Wilson lower bound on the measured acceptance rate; no iteration is
       planned below ``min_size``, the smallest update the learner makes and measures (a family's
       ``smallest_update``: the contraction model assumes every iteration moves the model, and one
-      that fills no optimizer step moves nothing and reports nothing); an iteration that would leave
-      less than ``min_size`` kept samples takes the rest of the budget.
+      that fills no optimizer step moves nothing and reports nothing; at least 2); an iteration that
+      would leave less than ``min_size`` kept samples takes the rest of the budget.
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
     ``Measured`` per observed iteration, rebuilt by ``observe`` from committed records on resume
     (or saved with ``to_json``), so a resumed run plans exactly what an uninterrupted one would.
@@ -510,15 +510,16 @@ class AdaptivePlanner:
     def __post_init__(self) -> None:
         if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
             raise ValueError(f"tolerance must be a positive finite number, got {self.tolerance}")
-        if self.min_size < 1:
-            raise ValueError(f"min_size must be at least 1, got {self.min_size}")
+        if self.min_size < 2:
+            raise ValueError(f"min_size must be at least 2 (an iteration's mean update needs two samples), "
+                             f"got {self.min_size}")
         if self.unit_costs.per_kept(1.0 / max(self.acceptance_rate, 1e-6)) <= 0:
             raise ValueError("every stage is free: a budget cannot bound this run (price some stage)")
 
     @property
     def pilot(self) -> int:
         per_kept = self.unit_costs.per_kept(1.0 / self.acceptance_rate)
-        return max(2, self.min_size,
+        return max(self.min_size,
                    round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
 
     def schedule(self) -> Schedule:
@@ -559,7 +560,7 @@ class AdaptivePlanner:
         wanted = self._wanted(next_iteration, affordable)
         final = self.max_iterations is not None and next_iteration == self.max_iterations - 1
         n, cut = int(min(wanted, affordable)), wanted > affordable
-        if final or affordable - n < max(2, self.min_size):
+        if final or affordable - n < self.min_size:
             n = affordable  # what would be left could not make an iteration: spend the rest now
         if n < 1:
             return []
@@ -596,7 +597,7 @@ class AdaptivePlanner:
         elif flat:
             return float(self.pilot)  # no contraction seen and no inner products: no model, stay constant
         error = predicted_error(rho, p0, ns, vs)
-        return max(2.0, float(self.min_size), round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
+        return max(float(self.min_size), round(remaining_plan(rho, error, float(vs[-1]), float(affordable))))
 
     def _pairs(self, upto: int) -> tuple[npt.NDArray[np.float64], ...] | None:
         """(dot_t, y_{t-1}, c_t, c_{t-1}) for each observed iteration before ``upto`` that reported its

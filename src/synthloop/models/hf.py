@@ -731,8 +731,7 @@ class SFTLearner:
                 if name in self._initial:
                     tensor.copy_(self._initial[name])
         network.train()
-        params = [p for p in network.parameters() if p.requires_grad]
-        self.optimizer_ = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.optimizer_ = torch.optim.AdamW(self._trainable(), lr=self.lr, weight_decay=self.weight_decay)
         self.steps_ = 0
 
     def _with_lora(self, network: Any) -> Any:
@@ -825,8 +824,7 @@ class SFTLearner:
             # keeps them from knocking a converged model off its minimum.
             group["lr"] = self.lr * min(1.0, (self.steps_ + 1) / (self.warmup_steps + 1))
         if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad],
-                                           self.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self._trainable(), self.max_grad_norm)
         self.optimizer_.step()
         self.optimizer_.zero_grad(set_to_none=True)
         return total_loss / max(n_target, 1), forwarded
