@@ -69,6 +69,14 @@ def test_a_run_learns_then_grows_n_t_spends_the_budget_and_never_overspends() ->
     assert history[-1].eval["gap"] < 1e-3
 
 
+def test_the_adaptive_run_evaluates_its_final_model_whatever_eval_every_says() -> None:
+    """The planner says which iteration spends the rest: that one is evaluated (with ``eval_every``
+    beyond the run's length nothing else is)."""
+    history = run(gaussian_components(PROBLEM), _planner(), COSTS, LoopSettings(eval_every=1000), seed=3)
+    assert len(history) > 3 and not history[-1].cut
+    assert [t for t, m in enumerate(history) if m.eval] == [len(history) - 1]
+
+
 def test_learning_lasts_while_the_norm_test_passes_then_the_size_changes() -> None:
     tolerance = 0.5
     history = run(gaussian_components(PROBLEM), _planner(tolerance=tolerance), COSTS, LoopSettings(), seed=5)

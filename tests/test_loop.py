@@ -103,6 +103,34 @@ def test_the_last_iteration_is_cut_to_fit_and_recorded():
     assert history[-1].cumulative_cost == 250
 
 
+@pytest.mark.parametrize("n0, iterations", [(100, None), (None, 6)])
+def test_the_final_model_is_evaluated_whatever_eval_every_says(n0, iterations):
+    """``eval_every = 4`` evaluates iterations 3, 7, ...; the run's last iteration is evaluated too,
+    cut or not (a plan of six full iterations ends on an uncut one: its model went unmeasured, and
+    the run's "final" metric was iteration 3's)."""
+    planner = (Planner(make=schedules.constant, budget=500, unit_costs=UnitCosts(0, 1), acceptance_rate=0.5,
+                       n0=n0) if n0 else fitted_planner(schedules.constant, budget=600, iterations=iterations))
+    history = run(gaussian_components(PROBLEM), planner, TRAIN_ONLY, LoopSettings(eval_every=4), seed=0)
+    assert len(history) in (5, 6) and not history[-1].cut
+    assert [t for t, m in enumerate(history) if m.eval] == [3, len(history) - 1]
+
+
+def test_a_run_that_ends_before_its_plan_still_evaluates_its_final_model():
+    """Priced draws with a random acceptance: an iteration can spend what the plan kept for the next,
+    so the run ends on an uncut iteration the plan did not call its last (seed 6 here); whatever ends
+    it, the final model is evaluated, and with ``eval_every`` beyond the run nothing else is."""
+    costs = CostModel(unit="samples", prices={"generate": {"samples": 1.0}, "train": {"samples": 1.0}})
+    ended_uncut = 0
+    for seed in range(8):
+        planner = Planner(make=schedules.constant, budget=400, unit_costs=UnitCosts(1, 1), acceptance_rate=0.5,
+                          n0=20)
+        history = run(gaussian_components(GaussianProblem(theta0=(1.0, 0.0))), planner, costs,
+                      LoopSettings(eval_every=1000, mode="accept"), seed=seed)
+        assert [t for t, m in enumerate(history) if m.eval] == [len(history) - 1]
+        ended_uncut += not history[-1].cut
+    assert ended_uncut >= 1
+
+
 def test_generation_cost_cuts_an_iteration_that_cannot_finish():
     """With costly draws and a planner that expects more acceptance than it gets, the loop stops
     drawing when the budget runs out, trains what it kept, and marks the iteration cut."""

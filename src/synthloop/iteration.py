@@ -55,6 +55,7 @@ class Iteration:
     streaming: bool
     acceptance: float
     emit: Callable[[Event], None]
+    final: Callable[[IterationRecord], bool]  # whether the run stops after this record (its model is the last)
     generated: int = 0
     n_parts: int = 0
     kept: list[Kept] = field(default_factory=list)
@@ -262,14 +263,15 @@ class Iteration:
     def _finish(self, *, cut: bool, exhausted: bool, started: float) -> IterationRecord:
         training = self._train()
         diagnostics = self._diagnose()
-        evaluation: dict[str, float] = {}
-        if (self.t + 1) % self.settings.eval_every == 0 or cut:
-            evaluation = self.parts.task.evaluate(self.parts.learner.model, rng=self.rng(EVALUATE))
-            self.journal.point("evaluate", str(self.t))
         statistics = getattr(self.parts.learner, "update_statistics", None)
         record = replace(self._record(cut=cut, exhausted=exhausted, started=started, training=training,
-                                      evaluation=evaluation), diagnostics=diagnostics[0],
+                                      evaluation={}), diagnostics=diagnostics[0],
                          diagnostic_labels=diagnostics[1], update_statistics=statistics() if statistics else {})
+        # every eval_every iterations, on a cut one, and on the run's last whatever ended it: the final
+        # model is always measured (a run's last iteration can spend what the plan kept for another)
+        if (self.t + 1) % self.settings.eval_every == 0 or cut or self.final(record):
+            record = replace(record, eval=self.parts.task.evaluate(self.parts.learner.model, rng=self.rng(EVALUATE)))
+            self.journal.point("evaluate", str(self.t))
         kept = [(k.part, k.index, k.batch.candidates, k.batch.scores) for k in self.kept]
         self.journal.commit_iteration(self.t, kept, self.parts.stateful(), self.ledger, record.to_json())
         return record

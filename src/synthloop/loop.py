@@ -26,8 +26,10 @@ regenerated, so their budget is never spent twice (``docs/run-directory.md``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 from synthloop.budget import AnyPlanner, CostModel, Ledger, UnitCosts, by_stage, check_priced
@@ -127,7 +129,9 @@ def run(
         if not upcoming:
             break
         iteration = Iteration(t, upcoming[0].n_selected, parts, ledger, settings, seed=seed, journal=journal,
-                              streaming=stream, acceptance=acceptance, emit=emit)
+                              streaming=stream, acceptance=acceptance, emit=emit,
+                              final=partial(ends_after, planner=planner, ledger=ledger, acceptance=acceptance,
+                                            unit_costs=unit_costs, stages=parts.stages))
         record = iteration.run(planned_cut=upcoming[0].cut)
         history.append(record)
         emit(IterationDone(record))
@@ -136,6 +140,19 @@ def run(
     journal.finish()
     emit(Finished(history=history, spent=ledger.spent))
     return history
+
+
+def ends_after(record: IterationRecord, *, planner: AnyPlanner, ledger: Ledger, acceptance: float,
+               unit_costs: UnitCosts, stages: Stages) -> bool:
+    """Whether the run stops after ``record`` (``acceptance``, ``unit_costs``: as measured before it):
+    what the loop's next refit will say, asked of a copy of the planner."""
+    if record.ends_run:
+        return True
+    ahead = copy.deepcopy(planner)
+    ahead.observe(record)
+    rate, costs = measured(record, acceptance, unit_costs, stages)
+    return not ahead.refit(next_iteration=record.iteration + 1, spent=ledger.spent, acceptance_rate=rate,
+                           unit_costs=costs)
 
 
 def declared_usage(parts: Components, costs: CostModel) -> dict[str, dict[str, float]]:
