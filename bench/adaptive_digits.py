@@ -83,12 +83,53 @@ def print_paired(report: dict) -> None:
               f"{row['adaptive_better']} of {len(row['seeds'])}")
 
 
+def draw(report: dict, out: Path, *, start: float | None = None, margin: float | None = None) -> None:
+    """Left: each schedule's final PSNR, mean and 95% interval; right: adaptive minus each constant by
+    seed (dots), with the mean, its 95% interval and the non-inferiority margin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), width_ratios=[1, 1.3])
+    names = list(report["schedules"])
+    for i, name in enumerate(names):
+        mean, low, high = report["schedules"][name]["mean_ci"]
+        left.errorbar(i, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=4,
+                      color="C3" if name == "adaptive" else "C0")
+    if start is not None:  # a line would flatten the differences: the start is far below
+        left.set_title(f"pretrained start: {start:.2f} dB", fontsize=8)
+    left.set_xticks(range(len(names)), [f"{n}\n({len(report['schedules'][n]['seeds'])} seeds)" for n in names],
+                    fontsize=7)
+    left.set_ylabel("final held-out PSNR (dB)")
+    rng = np.random.default_rng(0)
+    others = list(report["adaptive_minus"])
+    for i, name in enumerate(others):
+        row = report["adaptive_minus"][name]
+        diffs = np.asarray(row["by_seed"])
+        right.scatter(i + rng.uniform(-0.18, 0.18, len(diffs)), diffs, s=5, alpha=0.35, color="C0")
+        mean, low, high = row["mean_ci"]
+        right.errorbar(i + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="s", color="C3", capsize=4)
+    right.axhline(0.0, color="k", lw=0.8)
+    if margin is not None:
+        right.axhline(-margin, color="C2", ls="--", lw=1, label=f"non-inferiority margin (-{margin:.3f} dB)")
+        right.legend(fontsize=7)
+    right.set_xticks(range(len(others)), [f"- {n}" for n in others], fontsize=7)
+    right.set_ylabel("adaptive minus constant, by seed (dB)")
+    fig.suptitle("digits denoising: adaptive schedule vs constant schedules at equal compute", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("examples/digits-denoise-s10.yaml"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--paired", type=Path, nargs="+", help="report finished comparisons in these folders")
     parser.add_argument("--json", type=Path, help="with --paired: also write the report here")
+    parser.add_argument("--png", type=Path, help="with --paired: also draw it here")
+    parser.add_argument("--start", type=float, help="with --png: the pretrained model's PSNR, named in the plot")
+    parser.add_argument("--margin", type=float, help="with --png: the non-inferiority margin (dB), drawn as a line")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=None,
                         help="seeds first-seed .. first-seed + seeds - 1 (default: the config's seed), to add "
@@ -106,6 +147,8 @@ def main() -> None:
         print_paired(report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
+        if args.png:
+            draw(report, args.png, start=args.start, margin=args.margin)
         return
     if args.out is None:
         parser.error("--out is required (or --paired)")
