@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pool_task import PoolGenerator, PoolTask, PoolVerifier, pool_components
+from pool_task import PoolGenerator, PoolLearner, PoolTask, PoolVerifier, pool_components
 from synthloop import schedules
 from synthloop.budget import CostModel, Planner, UnitCosts
 from synthloop.loop import LoopSettings, Stages, run
@@ -248,6 +248,56 @@ def test_seconds_next_to_ahead_priced_training_never_crash_and_never_overspend_a
         last = history[-1]
         assert last.cumulative_cost <= 0.05 + last.seconds["generate"]
         assert all(m.cost["train"] == pytest.approx(1e-4 * m.n_trained) for m in history)
+
+
+class StalledGenerator(PoolGenerator):
+    """Generation whose second part stalls past the whole budget (a loaded machine, made sure): the
+    first part's kept rows had their training reserved, the stall's measured seconds eat it."""
+
+    calls = 0
+
+    def generate(self, model: float, prompts: Prompts, *, rng: np.random.Generator) -> Candidates:
+        self.calls += 1
+        time.sleep(0.6 if self.calls == 2 else 0.0)
+        return super().generate(model, prompts, rng=rng)
+
+
+def test_an_iteration_whose_generation_spent_everything_trains_on_nothing_and_ends_the_run():
+    """Seconds of generation past the whole budget leave no row affordable: the learner is not asked
+    to update on an empty set (the pool learner's mean of nothing was a crash), and the run ends."""
+    parts = pool_components(scored=False, accumulate=False)
+    parts.generator = StalledGenerator()
+    costs = CostModel(unit="mixed", prices={"generate": {"seconds": 1.0}, "train": {"samples": 1e-3}})
+    planner = Planner(make=schedules.constant, budget=0.5, unit_costs=UnitCosts(1e-5, 1e-3),
+                      acceptance_rate=0.5, n0=200)
+    history = run(parts, planner, costs, LoopSettings(chunk_size=16), seed=0)
+    assert len(history) == 1 and history[0].n_selected > 0 and history[0].n_trained == 0
+    assert history[0].cost["train"] == 0 and history[0].train == {} and history[0].eval
+
+
+class ReportingLearner(PoolLearner):
+    """The pool learner, reporting statistics of its last update as the adaptive planner reads them."""
+
+    def update(self, selected: Candidates, prompts: Prompts, *, rng: np.random.Generator) -> dict[str, float]:
+        self.statistics_ = {"update_variance": 1.0, "update_norm2": float(len(selected))}
+        return super().update(selected, prompts, rng=rng)
+
+    def update_statistics(self) -> dict[str, float]:
+        return dict(self.statistics_)
+
+
+def test_an_iteration_that_trains_on_nothing_reports_no_update_statistics():
+    """A learner's statistics describe its last update: an iteration that made none must not hand
+    the previous one's to the planner (the adaptive planner would count that update twice)."""
+    parts = pool_components(scored=False, accumulate=False)
+    parts.generator, parts.learner = StalledGenerator(), ReportingLearner(parts.task)
+    parts.learner.update(*parts.task.sample(5, rng=np.random.default_rng(0)), rng=np.random.default_rng(0))
+    costs = CostModel(unit="mixed", prices={"generate": {"seconds": 1.0}, "train": {"samples": 1e-3}})
+    planner = Planner(make=schedules.constant, budget=0.5, unit_costs=UnitCosts(1e-5, 1e-3),
+                      acceptance_rate=0.5, n0=200)
+    history = run(parts, planner, costs, LoopSettings(chunk_size=16), seed=0)
+    assert history[0].n_selected > 0 and history[0].n_trained == 0
+    assert parts.learner.update_statistics() and history[0].update_statistics == {}
 
 
 def test_a_batch_iteration_that_keeps_fewer_than_n_t_does_not_end_the_run():

@@ -263,7 +263,8 @@ class Iteration:
     def _finish(self, *, cut: bool, exhausted: bool, started: float) -> IterationRecord:
         training = self._train()
         diagnostics = self._diagnose()
-        statistics = getattr(self.parts.learner, "update_statistics", None)
+        # the learner's statistics are its last update's: none this iteration, none to report
+        statistics = getattr(self.parts.learner, "update_statistics", None) if training[1][0] else None
         record = replace(self._record(cut=cut, exhausted=exhausted, started=started, training=training,
                                       evaluation={}), diagnostics=diagnostics[0],
                          diagnostic_labels=diagnostics[1], update_statistics=statistics() if statistics else {})
@@ -284,6 +285,8 @@ class Iteration:
         clock = time.perf_counter()  # a mix's labels are made here, after the round was observed
         training_set = self._affordable_training(
             self.parts.training_set.build(selected, prompts, rng=self.rng(TRAINING_SET)))
+        if len(training_set.candidates) == 0:  # what is left of the budget pays for no row: no update
+            return {}, (0, 0, 0)
         if training_set.n_outside > 0:  # charged with the iteration's commit, so never twice
             self._charge(self.parts.stages.label, _totals(training_set.label_usage), training_set.n_outside,
                          time.perf_counter() - clock)
