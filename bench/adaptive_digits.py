@@ -20,6 +20,7 @@ schedule's paired difference with every other, by seed, with a 95% t-interval.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -68,7 +69,29 @@ def paired(folders: list[Path]) -> dict:
         diff = np.array([adaptive[s]["metrics"][-1] - per[s]["metrics"][-1] for s in common])
         report["adaptive_minus"][name] = {"seeds": common, "by_seed": diff.tolist(), "mean_ci": interval(diff),
                                           "adaptive_better": int((diff > 0).sum())}
+    report["by_largest_iteration"] = by_largest_iteration(report)
     return report
+
+
+LARGEST_BINS = (0, 200, 400, 700, 10**9)  # the adaptive run's largest iteration, in kept images
+
+
+def by_largest_iteration(report: dict) -> dict[str, list[dict]]:
+    """Adaptive minus each constant, by seed, grouped by the adaptive run's largest iteration (does
+    the deficit come with large iterations?), and the correlation of the two over seeds."""
+    adaptive = report["schedules"].get("adaptive")
+    out: dict[str, list[dict]] = {}
+    if adaptive is None:
+        return out
+    largest = dict(zip(adaptive["seeds"], (max(n) for n in adaptive["n_selected"]), strict=True))
+    for name, row in report["adaptive_minus"].items():
+        sizes = np.array([largest[s] for s in row["seeds"]], dtype=np.float64)
+        diffs = np.asarray(row["by_seed"])
+        bins = [{"largest": [lo, hi], "seeds": int(m.sum()), "mean": float(diffs[m].mean())}
+                for lo, hi in itertools.pairwise(LARGEST_BINS) if (m := (sizes >= lo) & (sizes < hi)).any()]
+        correlation = float(np.corrcoef(sizes, diffs)[0, 1]) if len(diffs) > 2 and sizes.std() > 0 else None
+        out[name] = [*bins, {"correlation": correlation}]
+    return out
 
 
 def print_paired(report: dict) -> None:
@@ -81,6 +104,11 @@ def print_paired(report: dict) -> None:
         print(f"adaptive - {name}: by seed " + ", ".join(f"{v:+.3f}" for v in row["by_seed"])
               + f"; mean {mean:+.4f} dB, 95% t-interval [{low:+.3f}, {high:+.3f}], adaptive better in "
               f"{row['adaptive_better']} of {len(row['seeds'])}")
+    for name, rows in report.get("by_largest_iteration", {}).items():
+        print(f"adaptive - {name} by the adaptive run's largest iteration: " + "; ".join(
+            f"[{r['largest'][0]}, {r['largest'][1]}) images: {r['mean']:+.4f} dB over {r['seeds']} seeds"
+            for r in rows[:-1]) + "; correlation " + (
+            "n/a" if rows[-1]["correlation"] is None else f"{rows[-1]['correlation']:+.3f}"))
 
 
 def draw(report: dict, out: Path, *, start: float | None = None, margin: float | None = None) -> None:
