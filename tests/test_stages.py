@@ -290,14 +290,16 @@ def test_an_iteration_that_trains_on_nothing_reports_no_update_statistics():
     """A learner's statistics describe its last update: an iteration that made none must not hand
     the previous one's to the planner (the adaptive planner would count that update twice)."""
     parts = pool_components(scored=False, accumulate=False)
-    parts.generator, parts.learner = StalledGenerator(), ReportingLearner(parts.task)
-    parts.learner.update(*parts.task.sample(5, rng=np.random.default_rng(0)), rng=np.random.default_rng(0))
+    task = typing.cast(PoolTask, parts.task)
+    learner = ReportingLearner(task)
+    parts.generator, parts.learner = StalledGenerator(), learner
+    learner.update(*task.sample(5, rng=np.random.default_rng(0)), rng=np.random.default_rng(0))
     costs = CostModel(unit="mixed", prices={"generate": {"seconds": 1.0}, "train": {"samples": 1e-3}})
     planner = Planner(make=schedules.constant, budget=0.5, unit_costs=UnitCosts(1e-5, 1e-3),
                       acceptance_rate=0.5, n0=200)
     history = run(parts, planner, costs, LoopSettings(chunk_size=16), seed=0)
     assert history[0].n_selected > 0 and history[0].n_trained == 0
-    assert parts.learner.update_statistics() and history[0].update_statistics == {}
+    assert learner.update_statistics() and history[0].update_statistics == {}
 
 
 def test_a_batch_iteration_that_keeps_fewer_than_n_t_does_not_end_the_run():
