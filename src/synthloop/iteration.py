@@ -263,8 +263,9 @@ class Iteration:
     def _finish(self, *, cut: bool, exhausted: bool, started: float) -> IterationRecord:
         training = self._train()
         diagnostics = self._diagnose()
+        _, (n_trained, _, _) = training
         # the learner's statistics are its last update's: none this iteration, none to report
-        statistics = getattr(self.parts.learner, "update_statistics", None) if training[1][0] else None
+        statistics = getattr(self.parts.learner, "update_statistics", None) if n_trained else None
         record = replace(self._record(cut=cut, exhausted=exhausted, started=started, training=training,
                                       evaluation={}), diagnostics=diagnostics[0],
                          diagnostic_labels=diagnostics[1], update_statistics=statistics() if statistics else {})
