@@ -35,6 +35,7 @@ from synthloop.experiments import build_components
 
 SCHEDULES = {"constant-1B": {"kind": "constant", "n0": 16}, "constant-10B": {"kind": "constant", "n0": 160},
              "constant-100B": {"kind": "constant", "n0": 1600}}
+LARGEST_BINS = (0, 200, 400, 700, 10**9)  # the adaptive run's largest iteration, in kept images
 
 
 def finals(folders: list[Path]) -> dict[str, dict[int, dict]]:
@@ -73,14 +74,11 @@ def paired(folders: list[Path]) -> dict:
     return report
 
 
-LARGEST_BINS = (0, 200, 400, 700, 10**9)  # the adaptive run's largest iteration, in kept images
-
-
-def by_largest_iteration(report: dict) -> dict[str, list[dict]]:
+def by_largest_iteration(report: dict) -> dict[str, dict]:
     """Adaptive minus each constant, by seed, grouped by the adaptive run's largest iteration (does
     the deficit come with large iterations?), and the correlation of the two over seeds."""
     adaptive = report["schedules"].get("adaptive")
-    out: dict[str, list[dict]] = {}
+    out: dict[str, dict] = {}
     if adaptive is None:
         return out
     largest = dict(zip(adaptive["seeds"], (max(n) for n in adaptive["n_selected"]), strict=True))
@@ -90,7 +88,7 @@ def by_largest_iteration(report: dict) -> dict[str, list[dict]]:
         bins = [{"largest": [lo, hi], "seeds": int(m.sum()), "mean": float(diffs[m].mean())}
                 for lo, hi in itertools.pairwise(LARGEST_BINS) if (m := (sizes >= lo) & (sizes < hi)).any()]
         correlation = float(np.corrcoef(sizes, diffs)[0, 1]) if len(diffs) > 2 and sizes.std() > 0 else None
-        out[name] = [*bins, {"correlation": correlation}]
+        out[name] = {"bins": bins, "correlation": correlation}
     return out
 
 
@@ -104,11 +102,11 @@ def print_paired(report: dict) -> None:
         print(f"adaptive - {name}: by seed " + ", ".join(f"{v:+.3f}" for v in row["by_seed"])
               + f"; mean {mean:+.4f} dB, 95% t-interval [{low:+.3f}, {high:+.3f}], adaptive better in "
               f"{row['adaptive_better']} of {len(row['seeds'])}")
-    for name, rows in report.get("by_largest_iteration", {}).items():
+    for name, group in report.get("by_largest_iteration", {}).items():
+        correlation = group["correlation"]
         print(f"adaptive - {name} by the adaptive run's largest iteration: " + "; ".join(
             f"[{r['largest'][0]}, {r['largest'][1]}) images: {r['mean']:+.4f} dB over {r['seeds']} seeds"
-            for r in rows[:-1]) + "; correlation " + (
-            "n/a" if rows[-1]["correlation"] is None else f"{rows[-1]['correlation']:+.3f}"))
+            for r in group["bins"]) + "; correlation " + ("n/a" if correlation is None else f"{correlation:+.3f}"))
 
 
 def draw(report: dict, out: Path, *, start: float | None = None, margin: float | None = None) -> None:
@@ -170,6 +168,8 @@ def main() -> None:
                              "evaluation draws on its own seed, so the final PSNR is the same, only faster")
     parser.add_argument("--only", nargs="*", help="run only these schedules (default: all)")
     args = parser.parse_args()
+    if args.eval_every is not None and args.eval_every < 1:
+        parser.error(f"--eval-every must be at least 1, got {args.eval_every}")
     if args.paired:
         report = paired(args.paired)
         print_paired(report)
@@ -189,7 +189,7 @@ def main() -> None:
         "seed": base.seed if args.first_seed is None else args.first_seed,
         "budget": base.budget.model_copy(update={"total": args.budget}),
         "compare": CompareConfig.model_validate({"schedules": schedules, "seeds": args.seeds}),
-        **({"eval": EvalConfig(every=args.eval_every)} if args.eval_every else {})})
+        **({"eval": EvalConfig(every=args.eval_every)} if args.eval_every is not None else {})})
     clock = time.perf_counter()
     parts = build_components(config)  # pretrain (or hit the cache) once, before the runs
     initial = parts.task.evaluate(parts.learner.model, rng=np.random.default_rng(0))
