@@ -183,7 +183,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = load_config(args.config)
     # the adaptive schedule first: it is the one the learner's statistics change
-    schedules = {"adaptive": {"kind": "adaptive", "tolerance": args.tolerance}, **SCHEDULES}
+    # "adaptive": the learner's own declaration (digits: fixed steps); "adaptive-refit": the growth
+    # rule for updates whose noise falls as V / n, which the digits learner's are not (docs/adaptive.md)
+    schedules = {"adaptive": {"kind": "adaptive", "tolerance": args.tolerance},
+                 "adaptive-refit": {"kind": "adaptive", "tolerance": args.tolerance, "updates": "refit"},
+                 **SCHEDULES}
     schedules = {k: v for k, v in schedules.items() if not args.only or k in args.only}
     config = base.model_copy(update={
         "seed": base.seed if args.first_seed is None else args.first_seed,

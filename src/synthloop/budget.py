@@ -491,6 +491,13 @@ class AdaptivePlanner:
       ``smallest_update``: the contraction model assumes every iteration moves the model, and one
       that fills no optimizer step moves nothing and reports nothing; at least 2); an iteration that
       would leave less than ``min_size`` kept samples takes the rest of the budget.
+    *Fixed steps* (``fixed_steps``: the learner takes a fixed number of optimizer steps per kept
+    sample, each on a fresh minibatch, as the digits learner and a continued SFT learner do): a
+    larger iteration lowers no update's noise, it only trains longer on data an older model made,
+    and the contraction per optimizer step is largest at one smallest update per iteration
+    (``docs/adaptive.md``). So every iteration is ``min_size``, the learner's smallest update; what
+    adapts is the draws (streamed until ``min_size`` are kept, at the measured acceptance rate) and
+    the end (the budget's rest, never an iteration that trains nothing).
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
     ``Measured`` per observed iteration, rebuilt by ``observe`` from committed records on resume
     (or saved with ``to_json``), so a resumed run plans exactly what an uninterrupted one would.
@@ -504,6 +511,7 @@ class AdaptivePlanner:
     max_iterations: int | None = None
     z: float = 1.96
     min_size: int = 2
+    fixed_steps: bool = False
     observed: dict[int, Measured] = field(default_factory=dict)
     adapts = True
 
@@ -518,6 +526,8 @@ class AdaptivePlanner:
 
     @property
     def pilot(self) -> int:
+        if self.fixed_steps:
+            return self.min_size
         per_kept = self.unit_costs.per_kept(1.0 / self.acceptance_rate)
         return max(self.min_size,
                    round(self.n0 if self.n0 is not None else math.ceil(math.sqrt(self.budget / per_kept))))
@@ -525,9 +535,15 @@ class AdaptivePlanner:
     def schedule(self) -> Schedule:
         """The known prefix as a schedule: the pilot (later sizes are not known before the run)."""
         pilot = constant(self.pilot)
+        if self.fixed_steps:
+            return Schedule(pilot.fn, f"adaptive(fixed steps, {self.min_size} an iteration)", n_iterations=1)
         return Schedule(pilot.fn, f"adaptive(tolerance={self.tolerance:g}, pilot={self.pilot})", n_iterations=1)
 
     def describe(self) -> str:
+        if self.fixed_steps:
+            return (f"adaptive, fixed-steps learner: every iteration is its smallest update, {self.min_size} kept "
+                    "samples (a larger one lowers no update's noise and trains longer on staler data); draws follow "
+                    "the measured acceptance rate, and the last iteration takes the budget's rest")
         return (f"adaptive: the pilot size {self.pilot} is kept while the norm test (tolerance "
                 f"{self.tolerance:g}) passes on the measured update statistics; then each n_t is the first step "
                 "of the budget-optimal plan for the contraction fitted to them, with the budget left and a "
@@ -578,6 +594,8 @@ class AdaptivePlanner:
         return out
 
     def _wanted(self, t: int, affordable: int) -> float:
+        if self.fixed_steps:
+            return float(self.min_size)
         history = self._history(t)
         if not history:
             last = self.observed.get(t - 1)  # no statistics yet: keep the size (the constant schedule)

@@ -128,7 +128,8 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
                   f"({100 * used / cfg.budget.total:.1f}%), assuming acceptance rate "
                   f"{planner.acceptance_rate:g}")
     if isinstance(planner, AdaptivePlanner):
-        console.print(f"{planner.describe()}: only this prefix is known before the run")
+        known = "the draws adapt" if planner.fixed_steps else "only this prefix is known before the run"
+        console.print(f"{planner.describe()}: {known}")
     usage = draw_usage(cfg, family, settings)  # what each stage reports, per draw
     console.print("expected usage per draw: " + "; ".join(
         f"{stage} " + ", ".join(f"{q} {v:.4g}" for q, v in quantities.items())

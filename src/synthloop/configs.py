@@ -394,7 +394,9 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> A
         return AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
                                tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
                                max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations),
-                               min_size=max(2, int(defaults.get("smallest_update", 2))))
+                               min_size=max(2, int(defaults.get("smallest_update", 2))),
+                               fixed_steps=(bool(defaults.get("fixed_steps", 0.0)) if schedule.updates == "auto"
+                                            else schedule.updates == "fixed_steps"))
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations

@@ -218,12 +218,17 @@ class AdaptiveSchedule(Strict):
     ``docs/adaptive.md``): the pilot ``n0`` (auto: sqrt of the budget in kept samples) is kept while
     the norm test at ``tolerance`` passes (the update norms still measure the contraction), then each
     n_t is the first step of the budget-optimal plan for the fitted contraction. No growth base:
-    ``tolerance`` is one scale-free number, the same for every task."""
+    ``tolerance`` is one scale-free number, the same for every task. ``updates`` says what the
+    learner's update is: ``auto`` (the default) takes the family's declaration; ``fixed_steps`` (a
+    fixed number of optimizer steps per kept sample, each on a fresh minibatch: every iteration is
+    the learner's smallest update, the sizes do not grow) or ``refit`` (an update whose noise falls
+    as V / n_t: the rule above) overrides it, for a learner the family cannot vouch for."""
 
     kind: Literal["adaptive"]
     tolerance: Annotated[float, Field(gt=0, le=10)] = 0.5
     n0: N0 = "auto"
     iterations: Iterations | None = None
+    updates: Literal["auto", "fixed_steps", "refit"] = "auto"
 
     def factory(self, defaults: Mapping[str, float]) -> Make:
         return constant  # the pilot's family; the planner itself is built by ``configs.make_planner``

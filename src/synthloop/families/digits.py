@@ -152,8 +152,10 @@ class DigitsFamily:
         return {"samples": 1.0, "forward_passes": 1.0, "flops": TRAIN_FLOPS_FACTOR * forward_flops(settings)}
 
     def schedule_defaults(self, settings: DigitsSettings) -> dict[str, float]:
-        # an update of fewer than B kept images fills no optimizer step (they wait for the next one)
-        return {"smallest_update": float(settings.learner.batch_size)}
+        # an update of fewer than B kept images fills no optimizer step (they wait for the next one);
+        # one Adam step per B kept images, each on fresh ones, at a fixed learning rate: a fixed-steps
+        # learner, so the adaptive planner keeps every iteration at one step (docs/adaptive.md)
+        return {"smallest_update": float(settings.learner.batch_size), "fixed_steps": 1.0}
 
     def build(self, config: RunConfig, settings: DigitsSettings) -> Components:
         try:
