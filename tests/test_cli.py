@@ -53,6 +53,19 @@ def test_plan_prints_the_plan_without_running(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("updates", ["refit", "fixed_steps"])
+def test_plan_says_what_an_adaptive_schedule_knows_before_the_run(tmp_path, updates):
+    config = tiny_config(tmp_path, schedule={"kind": "adaptive", "updates": updates})
+    result = synthloop("plan", config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())  # rich wraps long lines
+    if updates == "refit":
+        assert "norm test" in out and "only this prefix is known before the run" in out
+    else:
+        assert "fixed-steps learner: every iteration is its smallest update, 2 kept samples" in out
+        assert "the draws adapt" in out and "norm test" not in out
+
+
 def test_run_writes_a_run_directory(tmp_path):
     result = synthloop("run", tiny_config(tmp_path), "--runs-dir", tmp_path / "runs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
