@@ -4,6 +4,7 @@ that a run with it is budgeted and resumes exactly."""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from synthloop.budget import (
     regressed_contraction,
     remaining_plan,
 )
-from synthloop.configs import AdaptiveSchedule, RunConfig, load_config, make_planner
+from synthloop.configs import AdaptiveSchedule, ConfigError, RunConfig, load_config, make_planner
 from synthloop.experiments import resume_run, run_config
 from synthloop.loop import LoopSettings, run
 from synthloop.records import IterationRecord
@@ -373,3 +374,76 @@ def test_the_family_declares_fixed_steps_and_the_schedule_can_override_it() -> N
     assert not planner_for(gaussian).fixed_steps and planner_for(gaussian, updates="fixed_steps").fixed_steps
     with pytest.raises(ValueError, match="updates"):
         AdaptiveSchedule(kind="adaptive", updates="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_bounded_fixed_steps_run_spreads_the_rest_over_the_iterations_left() -> None:
+    """With max_iterations the budget is spread evenly (the least growth the bound allows), not
+    piled into the last iteration."""
+    planner = AdaptivePlanner(budget=1000.0, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=1.0, min_size=16,
+                              fixed_steps=True, max_iterations=10)
+    rows = planner.plan()
+    assert [r.n_selected for r in rows] == [100] * 10
+    unbounded = AdaptivePlanner(budget=1000.0, unit_costs=UnitCosts(0.0, 1.0), acceptance_rate=1.0, min_size=16,
+                                fixed_steps=True)
+    assert [r.n_selected for r in unbounded.plan()] == [16] * 61 + [24]
+
+
+def test_fixed_steps_config_errors_say_what_to_change() -> None:
+    root = Path(__file__).resolve().parents[1] / "examples"
+    digits = load_config(root / "digits-denoise-s10.yaml")
+    with pytest.raises(ConfigError, match=r"schedule.n0: 64 is unused.*updates: refit"):
+        make_planner(digits.model_copy(update={"schedule": AdaptiveSchedule(kind="adaptive", n0=64)}))
+    assert isinstance(make_planner(digits.model_copy(update={"schedule": AdaptiveSchedule(
+        kind="adaptive", n0=64, updates="refit")})), AdaptivePlanner)
+    gaussian = load_config(root / "gaussian.yaml")
+    big = gaussian.model_copy(update={"schedule": AdaptiveSchedule(kind="adaptive", updates="fixed_steps"),
+                                      "budget": gaussian.budget.model_copy(update={"total": 1e7})})
+    with pytest.raises(ConfigError, match=r"runs past .* iterations"):
+        make_planner(big)
+    # on math a fixed-steps plan makes one optimizer step an iteration (the growth rule measures two)
+    math_config = load_config(root / "math-adaptive.yaml")
+    assert math_config.learner is not None
+    learner = math_config.learner.model_dump()
+    planner = make_planner(math_config.model_copy(update={"schedule": AdaptiveSchedule(
+        kind="adaptive", updates="fixed_steps")}))
+    assert isinstance(planner, AdaptivePlanner) and planner.min_size == learner["batch_size"] * learner.get("grad_accum", 1)
+
+
+def test_with_priced_draws_only_the_end_falls_below_the_step() -> None:
+    """Draws priced (10 a draw, acceptance 0.35): the rest is counted at the acceptance's lower
+    bound, so after the iteration that takes it one or two smaller ones may follow; none earlier."""
+    planner = AdaptivePlanner(budget=24_000.0, unit_costs=UnitCosts(10.0, 1.0), acceptance_rate=0.35, min_size=16,
+                              fixed_steps=True)
+    sizes: list[int] = []
+    spent = 0.0
+    while spent < 24_000 and (rows := planner.refit(next_iteration=len(sizes), spent=spent, acceptance_rate=0.35)):
+        n = rows[0].n_selected
+        drawn = math.ceil(n / 0.35)
+        spent += min(10.0 * drawn + n, 24_000 - spent)
+        planner.observe(IterationRecord(**{**vars(_bare_record(len(sizes), n)), "n_generated": drawn,
+                                           "n_accepted": n}))
+        sizes.append(n)
+    first_other = next(t for t, n in enumerate(sizes) if n != 16)
+    assert sizes[first_other] > 16 and len(sizes) - first_other <= 3, sizes
+    assert sum(sizes[first_other + 1:]) < 16 and spent / 24_000 > 0.99, sizes
+
+
+@pytest.mark.parametrize("example, rule", [("digits-denoise-s10.yaml", "fixed_steps"), ("gaussian.yaml", "refit")])
+def test_a_stored_adaptive_config_without_updates_resumes_under_the_growth_rule(example: str, rule: str) -> None:
+    """Stored configs hold every field: one without ``updates`` predates it and ran the growth rule.
+    It resumes under that rule, and a comparison asking for ``auto`` sees the difference if any."""
+    from synthloop.comparisons import first_difference
+    from synthloop.configs import with_updates_resolved
+    from synthloop.experiments import config_from_run_text, resolved_config_text
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
+    config = config.model_copy(update={"schedule": AdaptiveSchedule(kind="adaptive")})
+    text = resolved_config_text(config)
+    legacy = "".join(line for line in text.splitlines(keepends=True) if line.strip() != "updates: auto")
+    assert legacy != text and config_from_run_text(text).schedule == config.schedule
+    held = config_from_run_text(legacy)
+    assert isinstance(held.schedule, AdaptiveSchedule) and held.schedule.updates == "refit"
+    assert make_planner(held).fixed_steps is False  # type: ignore[union-attr]
+    difference = first_difference(with_updates_resolved(held).model_dump(mode="json"),
+                                  with_updates_resolved(config).model_dump(mode="json"))
+    assert difference == (None if rule == "refit" else 'schedule.updates: "refit" there, "fixed_steps" here')

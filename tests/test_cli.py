@@ -62,8 +62,9 @@ def test_plan_says_what_an_adaptive_schedule_knows_before_the_run(tmp_path, upda
     if updates == "refit":
         assert "norm test" in out and "only this prefix is known before the run" in out
     else:
-        assert "fixed-steps learner: every iteration is its smallest update, 2 kept samples" in out
-        assert "the draws adapt" in out and "norm test" not in out
+        assert "fixed-steps learner: n_t is fixed at its smallest update, 2 kept samples" in out
+        assert "number of iterations depends on the measured acceptance rate" in out and "norm test" not in out
+        assert "300 iterations; plan uses 600 of 600 (100.0%)" in out  # the whole plan is known
 
 
 def test_run_writes_a_run_directory(tmp_path):

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from synthloop.records import IterationRecord, Usage
 from synthloop.schedules import Schedule, constant
+from synthloop.strict import MAX_ITERATIONS
 
 STAGES = ("generate", "verify", "score", "label", "judge", "train", "diagnose")  # stages components declare
 TOLERANCE = 1e-12  # relative slack for float summation order; anything larger is a real overspend
@@ -492,12 +493,14 @@ class AdaptivePlanner:
       that fills no optimizer step moves nothing and reports nothing; at least 2); an iteration that
       would leave less than ``min_size`` kept samples takes the rest of the budget.
     *Fixed steps* (``fixed_steps``: the learner takes a fixed number of optimizer steps per kept
-    sample, each on a fresh minibatch, as the digits learner and a continued SFT learner do): a
-    larger iteration lowers no update's noise, it only trains longer on data an older model made,
-    and the contraction per optimizer step is largest at one smallest update per iteration
-    (``docs/adaptive.md``). So every iteration is ``min_size``, the learner's smallest update; what
-    adapts is the draws (streamed until ``min_size`` are kept, at the measured acceptance rate) and
-    the end (the budget's rest, never an iteration that trains nothing).
+    sample, one pass, each step on fresh samples, as the digits learner does): under the model in
+    ``docs/adaptive.md`` a larger iteration lowers no update's noise, it only trains longer on data
+    an older model made, and the contraction per optimizer step is largest at one step per
+    iteration. So n_t is fixed at ``min_size`` (the learner's step), the statistics are not read
+    and this reduces to the constant schedule of one step: only the end differs (the rest of the
+    budget joins the last iteration instead of making one that trains nothing; with
+    ``max_iterations`` the rest is spread evenly over the iterations left, the least growth the
+    bound allows). The number of iterations depends on the measured acceptance rate.
     Iteration 0's pilot defaults to ceil(sqrt(budget / cost per kept sample)). State = one
     ``Measured`` per observed iteration, rebuilt by ``observe`` from committed records on resume
     (or saved with ``to_json``), so a resumed run plans exactly what an uninterrupted one would.
@@ -541,9 +544,9 @@ class AdaptivePlanner:
 
     def describe(self) -> str:
         if self.fixed_steps:
-            return (f"adaptive, fixed-steps learner: every iteration is its smallest update, {self.min_size} kept "
-                    "samples (a larger one lowers no update's noise and trains longer on staler data); draws follow "
-                    "the measured acceptance rate, and the last iteration takes the budget's rest")
+            return (f"adaptive, fixed-steps learner: n_t is fixed at its smallest update, {self.min_size} kept "
+                    "samples (a larger one lowers no update's noise and trains longer on staler data: the constant "
+                    "schedule of one step), the last iteration taking the budget's rest")
         return (f"adaptive: the pilot size {self.pilot} is kept while the norm test (tolerance "
                 f"{self.tolerance:g}) passes on the measured update statistics; then each n_t is the first step "
                 "of the budget-optimal plan for the contraction fitted to them, with the budget left and a "
@@ -552,7 +555,15 @@ class AdaptivePlanner:
                    "measures" if self.min_size > 2 else ""))
 
     def plan(self) -> list[PlannedIteration]:
-        return self.refit(next_iteration=0, spent=0.0, acceptance_rate=self.acceptance_rate)
+        """The first iteration; for a fixed-steps learner, the whole plan at the expected acceptance
+        (at most ``MAX_ITERATIONS`` + 1 rows)."""
+        rows = self.refit(next_iteration=0, spent=0.0, acceptance_rate=self.acceptance_rate)
+        if not self.fixed_steps:
+            return rows
+        while rows and len(rows) <= MAX_ITERATIONS and (more := self.refit(
+                next_iteration=len(rows), spent=rows[-1].cumulative_cost, acceptance_rate=self.acceptance_rate)):
+            rows.extend(more)
+        return rows
 
     def observe(self, record: IterationRecord) -> None:
         train = record.update_statistics
@@ -595,7 +606,8 @@ class AdaptivePlanner:
 
     def _wanted(self, t: int, affordable: int) -> float:
         if self.fixed_steps:
-            return float(self.min_size)
+            left = None if self.max_iterations is None else self.max_iterations - t
+            return float(self.min_size if not left else max(self.min_size, math.ceil(affordable / left)))
         history = self._history(t)
         if not history:
             last = self.observed.get(t - 1)  # no statistics yet: keep the size (the constant schedule)

@@ -128,7 +128,8 @@ def plan(config: ConfigArg, set_: SetOpt = None, budget: BudgetOpt = None) -> No
                   f"({100 * used / cfg.budget.total:.1f}%), assuming acceptance rate "
                   f"{planner.acceptance_rate:g}")
     if isinstance(planner, AdaptivePlanner):
-        known = "the draws adapt" if planner.fixed_steps else "only this prefix is known before the run"
+        known = ("the number of iterations depends on the measured acceptance rate" if planner.fixed_steps
+                 else "only this prefix is known before the run")
         console.print(f"{planner.describe()}: {known}")
     usage = draw_usage(cfg, family, settings)  # what each stage reports, per draw
     console.print("expected usage per draw: " + "; ".join(

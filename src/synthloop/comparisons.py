@@ -37,9 +37,11 @@ from synthloop.configs import (
     ScheduleConfig,
     family_for,
     make_planner,
+    mark_stored_adaptive,
     parse_config,
     to_yaml,
     with_schedule,
+    with_updates_resolved,
 )
 from synthloop.experiments import (
     Trajectory,
@@ -174,7 +176,8 @@ def cell_state(cell: Cell) -> CellState:
         held = config_from_run_text(store.config_text(), source=source)
     except ConfigError as error:
         raise RunDirectoryError(f"{source}: {error}") from None
-    difference = first_difference(held.model_dump(mode="json"), cell.config.model_dump(mode="json"))
+    difference = first_difference(with_updates_resolved(held).model_dump(mode="json"),
+                                  with_updates_resolved(cell.config).model_dump(mode="json"))
     if difference is not None:
         raise RunDirectoryError(f"{cell.run_dir} holds a run of another config ({difference}); use another "
                                 "--out, or remove that folder to run the cell again")
@@ -245,7 +248,8 @@ def check_claim(out: Path, config: RunConfig) -> None:
     """Refuse a folder whose ``compare.yaml`` is of another config (one line naming the first key)."""
     if is_comparison(out):
         held, _ = read_claim(out)
-        difference = first_difference(held.model_dump(mode="json"), config.model_dump(mode="json"))
+        difference = first_difference(with_updates_resolved(held).model_dump(mode="json"),
+                                      with_updates_resolved(config).model_dump(mode="json"))
         if difference is not None:
             raise RunDirectoryError(f"{out} holds a comparison of another config ({difference}); use another --out")
 
@@ -268,7 +272,7 @@ def read_claim(out: Path) -> tuple[RunConfig, Request]:
         asked = data["request"]
         request = Request(tuple(asked["schedules"]), int(asked["seeds"]), str(asked["store"]),
                           int(asked["workers"]))
-        config = parse_config(data["config"], source=str(path))
+        config = parse_config(mark_stored_adaptive(data["config"]), source=str(path))
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise RunDirectoryError(f"{path} is damaged ({error}); run `synthloop compare CONFIG --out {out}` "
                                 "to start it again") from None

@@ -240,7 +240,10 @@ class Family(Protocol):
         ...
 
     def schedule_defaults(self, settings: Any) -> dict[str, float]:
-        """Parameters a schedule may take from the task (sigma, kappa for gaussian_optimal)."""
+        """Parameters a schedule may take from the task: sigma, kappa for gaussian_optimal; for the
+        adaptive schedule ``smallest_update`` (the fewest kept samples an update moves and measures
+        the model with), ``step_size`` (kept samples per optimizer step) and ``fixed_steps`` (1.0: the
+        learner takes a fixed number of optimizer steps per kept sample; ``AdaptivePlanner``)."""
         ...
 
 
@@ -391,12 +394,7 @@ def make_planner(config: RunConfig, schedule: ScheduleConfig | None = None) -> A
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if isinstance(schedule, AdaptiveSchedule):
-        return AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
-                               tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
-                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations),
-                               min_size=max(2, int(defaults.get("smallest_update", 2))),
-                               fixed_steps=(bool(defaults.get("fixed_steps", 0.0)) if schedule.updates == "auto"
-                                            else schedule.updates == "fixed_steps"))
+        return _adaptive_planner(config, schedule, defaults, unit_costs, acceptance)
     n0: float | None
     if isinstance(schedule, ExplicitSchedule):
         n0, n_iterations, max_iterations = 1.0, None, config.loop.max_iterations
@@ -431,6 +429,70 @@ def _unit_costs(config: RunConfig, family: Family, settings: Any) -> UnitCosts:
         raise ConfigError("budget.costs: no priced quantity is one the task reports per sample (seconds are "
                           "not planned), so no budget can end the run; price generate, verify or train")
     return unit_costs
+
+
+def fixed_steps(schedule: AdaptiveSchedule, defaults: Mapping[str, float]) -> bool:
+    """Whether the adaptive schedule plans a fixed-steps learner: its ``updates``, or with ``auto``
+    the family's declaration (``schedule_defaults``' ``fixed_steps``)."""
+    if schedule.updates == "auto":
+        return bool(defaults.get("fixed_steps", 0.0))
+    return schedule.updates == "fixed_steps"
+
+
+def _adaptive_planner(config: RunConfig, schedule: AdaptiveSchedule, defaults: Mapping[str, float],
+                      unit_costs: UnitCosts, acceptance: float) -> AdaptivePlanner:
+    steps = fixed_steps(schedule, defaults)
+    if steps and schedule.n0 != "auto":
+        raise ConfigError(f"schedule.n0: {schedule.n0:g} is unused: this learner takes fixed optimizer steps, so "
+                          "the adaptive schedule plans one step an iteration; set updates: refit for the growth rule")
+    # a fixed-steps plan needs one optimizer step; the growth rule the smallest update it can measure
+    smallest = defaults.get("step_size", defaults.get("smallest_update", 2)) if steps else (
+        defaults.get("smallest_update", 2))
+    planner = AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
+                              tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
+                              max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations),
+                              min_size=max(2, int(smallest)), fixed_steps=steps)
+    if steps and len(planner.plan()) > MAX_ITERATIONS:
+        raise ConfigError(f"schedule: one step of {planner.min_size} an iteration runs past {MAX_ITERATIONS} "
+                          "iterations before the budget is spent; set schedule.iterations or loop.max_iterations, "
+                          "lower budget.total, or set updates: refit")
+    return planner
+
+
+def with_updates_resolved(config: RunConfig) -> RunConfig:
+    """``config`` with every adaptive schedule's ``updates: auto`` replaced by the rule it runs for
+    this family, so that two configs compare by what they plan, not by how they say it."""
+    schedules = [config.schedule, *(config.compare.schedules.values() if config.compare else ())]
+    if not any(isinstance(s, AdaptiveSchedule) and s.updates == "auto" for s in schedules):
+        return config
+    family = family_for(config)
+    defaults = family.schedule_defaults(family.validate(config))
+
+    def resolved(schedule: ScheduleConfig) -> ScheduleConfig:
+        if not isinstance(schedule, AdaptiveSchedule) or schedule.updates != "auto":
+            return schedule
+        return schedule.model_copy(update={"updates": "fixed_steps" if fixed_steps(schedule, defaults) else "refit"})
+
+    update: dict[str, Any] = {"schedule": resolved(config.schedule)}
+    if config.compare is not None:
+        update["compare"] = config.compare.model_copy(
+            update={"schedules": {k: resolved(v) for k, v in config.compare.schedules.items()}})
+    return config.model_copy(update=update)
+
+
+def mark_stored_adaptive(data: object) -> object:
+    """A stored config (a run's ``config.yaml``, a comparison's ``compare.yaml``) holds every field;
+    an adaptive schedule in it without ``updates`` was written before that field existed, when the
+    growth rule was the only one: it is read as ``updates: refit``, so the run resumes as it began."""
+    if not isinstance(data, dict):
+        return data
+    compare = data.get("compare")
+    schedules = [data.get("schedule"), *(compare.get("schedules", {}) or {}).values()] if isinstance(
+        compare, dict) else [data.get("schedule")]
+    for schedule in schedules:
+        if isinstance(schedule, dict) and schedule.get("kind") == "adaptive" and "updates" not in schedule:
+            schedule["updates"] = "refit"
+    return data
 
 
 def check_plan(planner: Planner) -> None:

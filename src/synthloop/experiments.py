@@ -22,6 +22,7 @@ from synthloop.configs import (
     family_for,
     loop_settings,
     make_planner,
+    mark_stored_adaptive,
     parse_config,
     to_yaml,
 )
@@ -88,7 +89,7 @@ def resolved_config_text(config: RunConfig) -> str:
 
 def config_from_run_text(text: str, *, source: str = CONFIG) -> RunConfig:
     """The config a run's ``config.yaml`` holds (its provenance dropped), read as strictly as a user's."""
-    data = load_yaml(text, source=source)
+    data = mark_stored_adaptive(load_yaml(text, source=source))
     if isinstance(data, dict):
         data.pop("provenance", None)
     return parse_config(data, source=source)

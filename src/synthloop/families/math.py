@@ -271,8 +271,10 @@ class MathFamily:
         return {"samples": 1.0, "tokens": prompt + limit / 4, "prompt_tokens": prompt, "completion_tokens": limit / 4}
 
     def schedule_defaults(self, settings: MathSettings) -> dict[str, float]:
-        # the update statistics need two optimizer steps (SFTLearner.update_statistics)
-        return {"smallest_update": float(settings.learner.batch_size * settings.learner.grad_accum + 1)}
+        # the update statistics need two optimizer steps (SFTLearner.update_statistics); one step is
+        # what a fixed-steps plan (schedule.updates: fixed_steps, not declared here) makes each iteration
+        step = float(settings.learner.batch_size * settings.learner.grad_accum)
+        return {"smallest_update": step + 1, "step_size": step}
 
     def build(self, config: RunConfig, settings: MathSettings) -> Components:
         return build_components(config, settings)
