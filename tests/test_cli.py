@@ -76,6 +76,11 @@ def test_run_writes_a_run_directory(tmp_path):
     assert "spent 600 of 600 samples" in result.stdout
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["provenance"]["packages"]["numpy"]
+    # what was accepted but not kept (paid for, unused) is said, and agrees with the records
+    metrics = [json.loads((run_dir / f"iter-{t:04d}" / "metrics.json").read_text()) for t in range(4)]
+    accepted = sum(m["n_accepted"] for m in metrics)
+    unkept = sum(m["n_accepted"] - m["n_selected"] for m in metrics)
+    assert unkept > 0 and f"{unkept} of {accepted} accepted candidates" in " ".join(result.stdout.split())
     # A second run of the same name refuses to overwrite silently.
     again = synthloop("run", tiny_config(tmp_path), "--runs-dir", tmp_path / "runs", cwd=tmp_path)
     assert again.returncode == 1 and "already holds a run" in again.stderr

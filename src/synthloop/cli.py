@@ -247,6 +247,11 @@ def _print_outcome(history: list[IterationRecord], budget: float, unit: str, run
     spent = last.cumulative_cost if last else 0.0
     console.print(f"{len(history)} iterations, spent {spent:.6g} of {budget:g} "
                   f"{unit}; run directory: {run_dir}")
+    accepted = sum(r.n_accepted for r in history)
+    unkept = sum(max(0, r.n_accepted - r.n_selected) for r in history)
+    if unkept:  # their draws were paid for: many here argue for fewer, larger iterations
+        console.print(f"{unkept} of {accepted} accepted candidates ({100 * unkept / accepted:.1f}%) were not "
+                      "kept: accepted past n_t in an iteration's last part, or outranked by the selector")
     if last and last.eval:
         console.print("final: " + ", ".join(f"{k}={v:.6g}" for k, v in last.eval.items()))
 
