@@ -447,3 +447,15 @@ def test_a_stored_adaptive_config_without_updates_resumes_under_the_growth_rule(
     difference = first_difference(with_updates_resolved(held).model_dump(mode="json"),
                                   with_updates_resolved(config).model_dump(mode="json"))
     assert difference == (None if rule == "refit" else 'schedule.updates: "refit" there, "fixed_steps" here')
+
+
+def test_a_malformed_stored_config_is_a_one_line_error_not_a_crash() -> None:
+    from synthloop.experiments import config_from_run_text
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "gaussian.yaml").read_text()
+    broken = text.replace("compare:\n  seeds: 20\n  schedules:", "compare:\n  seeds: 20\n  schedules: [a, b]\n  old:")
+    assert broken != text
+    with pytest.raises(ConfigError, match="compare"):
+        config_from_run_text(broken)
+    with pytest.raises(ConfigError):
+        config_from_run_text("- a list, not a mapping\n")

@@ -445,9 +445,10 @@ def _adaptive_planner(config: RunConfig, schedule: AdaptiveSchedule, defaults: M
     if steps and schedule.n0 != "auto":
         raise ConfigError(f"schedule.n0: {schedule.n0:g} is unused: this learner takes fixed optimizer steps, so "
                           "the adaptive schedule plans one step an iteration; set updates: refit for the growth rule")
-    # a fixed-steps plan needs one optimizer step; the growth rule the smallest update it can measure
-    smallest = defaults.get("step_size", defaults.get("smallest_update", 2)) if steps else (
-        defaults.get("smallest_update", 2))
+    # the growth rule needs the smallest update it can measure; a fixed-steps plan one optimizer step
+    smallest = defaults.get("smallest_update", 2)
+    if steps:
+        smallest = defaults.get("step_size", smallest)
     planner = AdaptivePlanner(budget=config.budget.total, unit_costs=unit_costs, acceptance_rate=acceptance,
                               tolerance=schedule.tolerance, n0=None if schedule.n0 == "auto" else schedule.n0,
                               max_iterations=_min_or_none(config.loop.max_iterations, schedule.iterations),
@@ -485,11 +486,10 @@ def mark_stored_adaptive(data: object) -> object:
     an adaptive schedule in it without ``updates`` was written before that field existed, when the
     growth rule was the only one: it is read as ``updates: refit``, so the run resumes as it began."""
     if not isinstance(data, dict):
-        return data
+        return data  # malformed: parse_config says what is wrong
     compare = data.get("compare")
-    schedules = [data.get("schedule"), *(compare.get("schedules", {}) or {}).values()] if isinstance(
-        compare, dict) else [data.get("schedule")]
-    for schedule in schedules:
+    named = compare.get("schedules") if isinstance(compare, dict) else None
+    for schedule in [data.get("schedule"), *(named.values() if isinstance(named, dict) else ())]:
         if isinstance(schedule, dict) and schedule.get("kind") == "adaptive" and "updates" not in schedule:
             schedule["updates"] = "refit"
     return data
