@@ -62,12 +62,12 @@ def interval(values: np.ndarray) -> tuple[float, float, float]:
     return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
 
 
-CANDIDATES = ("adaptive", "adaptive-refit")  # each is compared, by seed, with every constant
+CANDIDATES = ("adaptive", "adaptive-refit")  # each compared, by seed, with every constant and the other
 
 
 def paired(folders: list[Path]) -> dict:
     """Per schedule: final PSNR per seed and its interval; each adaptive candidate minus every
-    constant schedule, by seed (``minus[candidate][constant]``)."""
+    constant schedule and minus each later candidate, by seed (``minus[candidate][other]``)."""
     runs = finals(folders)
     report: dict = {"schedules": {}, "minus": {}, "by_largest_iteration": {}}
     for name, per in sorted(runs.items()):
