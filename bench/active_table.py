@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
+from scipy import stats
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -62,9 +61,9 @@ def at_budget(curve: list[tuple[float, float, float]], budget: float, axis: int)
     return within[-1][2]
 
 
-def curves(runs: list[dict[str, Any]], force: str | None = None) -> tuple[dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
-                                                 dict[str, str]]:
-    """(task, student, selector) -> one curve per seed; static's one-point runs are joined by seed."""
+def seed_curves(runs: list[dict[str, Any]], force: str | None = None
+                ) -> tuple[dict[tuple[str, str, str], dict[int, list[tuple[float, float, float]]]], dict[str, str]]:
+    """(task, student, selector) -> seed -> curve; static's one-point runs are joined by seed."""
     metric = {}
     for task in {r["key"]["task"] for r in runs}:
         accuracies = [it.get("accuracy", 0.0) for r in runs if r["key"]["task"] == task for it in r["curve"]]
@@ -78,7 +77,41 @@ def curves(runs: list[dict[str, Any]], force: str | None = None) -> tuple[dict[t
             grouped[cell].setdefault(key["seed"], curve[:1]).append(curve[-1])
         else:
             grouped[cell][key["seed"]] = curve
-    return {cell: list(seeds.values()) for cell, seeds in grouped.items()}, metric
+    return dict(grouped), metric
+
+
+def curves(runs: list[dict[str, Any]], force: str | None = None) -> tuple[dict[tuple[str, str, str], list[list[tuple[float, float, float]]]],
+                                                 dict[str, str]]:
+    """(task, student, selector) -> one curve per seed, in seed order."""
+    grouped, metric = seed_curves(runs, force)
+    return {cell: [seeds[s] for s in sorted(seeds)] for cell, seeds in grouped.items()}, metric
+
+
+def paired_table(runs: list[dict[str, Any]], force: str, order: list[str]) -> list[str]:
+    """Each selector minus random at the active runs' last sample budget and at the matching token
+    budget, paired by seed (the seeds both ran), mean ± 95% t-interval: the shared data seed and
+    student make the difference far less noisy than two separate intervals."""
+    grouped, _ = seed_curves(runs, force)
+    table, _ = curves(runs, force)
+    lines = ["| task | student | selector | n | minus random at B samples | minus random at B tokens |",
+             "|---" * 6 + "|"]
+    for task, student in sorted({(t, s) for t, s, _ in grouped}):
+        randoms = grouped.get((task, student, "random"), {})
+        samples, tokens = budgets(table, task, student)
+        if not randoms or not samples:
+            continue
+        for selector in order:
+            mine = grouped.get((task, student, selector), {})
+            shared = sorted(set(mine) & set(randoms))
+            if selector == "random" or len(shared) < 2:
+                continue
+            cells_ = []
+            for axis, budget in ((0, samples[-1]), (1, tokens[-1])):
+                diffs = [at_budget(mine[s], budget, axis) - at_budget(randoms[s], budget, axis) for s in shared]
+                m, h = mean_interval(diffs)
+                cells_.append(f"{m:+.3f} ± {h:.3f} (B = {budget:.0f})")
+            lines.append(f"| {task} | {student} | {selector} | {len(shared)} | " + " | ".join(cells_) + " |")
+    return lines
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -86,7 +119,7 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     mean = float(np.mean(values))
     if n < 2:
         return mean, math.nan
-    return mean, T975.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.975, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n)
 
 
 def budgets(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]], task: str,
@@ -251,7 +284,9 @@ def main() -> None:
                  "\n### Pairwise win-rate matrix (task x student x budget cells, samples and tokens)\n",
                  *win_matrix(cells(table), order), *per_pair_wins(table, order),
                  "\n### How much data random selection needs to match the best active selector\n",
-                 *random_needs(table, order), ""]
+                 *random_needs(table, order),
+                 "\n### Each selector minus random, paired by seed (higher is better)\n",
+                 *paired_table(runs, force, order), ""]
         if force == "gold_loss":
             plot(table, metric, order, args.png)
     text += ["## What each selector cost\n", *cost_table(runs, order)]
