@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from synthloop.report import step_values
 
@@ -75,7 +76,7 @@ def plot(runs: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]], pat
             curves = np.stack([step_values(t["costs"], t["metrics"], grid, start) for t in runs_of])
             mean = curves.mean(axis=0)
             line = ax.plot(grid / 1e3, mean, label=name, lw=1.6)[0]
-            half = 1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
+            half = stats.t.ppf(0.975, len(curves) - 1) * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
             ax.fill_between(grid / 1e3, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
         ax.axhline(start, color="grey", ls=":", lw=1, label="pretrained")
         ax.set_title(f"8x8 digits, noise level s = {summary['noise_step']}")

@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
@@ -115,7 +116,7 @@ def sweep(vary: str, d: int, repeats: int) -> dict[str, dict[str, list[float]]]:
             data = np.array([g[name] for g in gaps])
             entry = rows.setdefault(name, {"mean": [], "half": []})
             entry["mean"].append(float(data.mean()))
-            entry["half"].append(float(1.96 * data.std(ddof=1) / math.sqrt(len(data))))
+            entry["half"].append(float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data))))
     return rows
 
 
