@@ -42,7 +42,8 @@ TASKS: dict[str, dict[str, Any]] = {
 #: the students. "scratch": the math family's from-scratch GPT-2 (2 layers, 64 wide) pretrained on
 #: 400 labelled 3-term 1-digit chain sums (120 steps), loaded from ``--student-path``, fully
 #: fine-tuned. "smollm2": SmolLM2-135M-Instruct (the packaged GGUF, exported once) with LoRA
-#: adapters (rank 16, alpha 32, lr 3e-4, bf16), prompted in its chat template (``style: chat``).
+#: adapters (rank 16, alpha 32, lr 3e-4, bf16), prompted in its chat template (``style: chat``);
+#: "smollm2_full": the same model with every weight fine-tuned (lr 1e-4).
 STUDENTS: dict[str, dict[str, Any]] = {
     "scratch": {"model": {"kind": "pretrained"}, "needs_path": True, "style": "few_shot",
                 "learner": {"kind": "sft", "lr": 2e-3, "batch_size": 8, "epochs": 2, "reset": "restart",
@@ -52,6 +53,11 @@ STUDENTS: dict[str, dict[str, Any]] = {
                 # the CPU time, which training dominates for SmolLM2
                 "learner": {"kind": "sft", "lr": 3e-4, "batch_size": 4, "epochs": 1, "reset": "restart",
                             "bf16": True, "lora": {"rank": 16, "alpha": 32}}},
+    # the same model fully fine-tuned (every weight, AdamW, bf16 autocast): a third of LoRA's
+    # learning rate, as full fine-tuning moves every weight
+    "smollm2_full": {"model": {"kind": "smollm2"}, "needs_path": False, "style": "chat",
+                     "learner": {"kind": "sft", "lr": 1e-4, "batch_size": 4, "epochs": 1, "reset": "restart",
+                                 "bf16": True}},
 }
 #: (task, student) -> reductions of the held-out size and of the student's answer length (scoring
 #: samples and greedy evaluation), forced by CPU time: one SmolLM2 iteration on gsm_symbolic at the
@@ -60,6 +66,8 @@ STUDENTS: dict[str, dict[str, Any]] = {
 SCALE: dict[tuple[str, str], dict[str, Any]] = {
     ("chain_sum", "smollm2"): {"eval_size": 16, "max_new_tokens": 24},
     ("gsm_symbolic", "smollm2"): {"eval_size": 8, "max_new_tokens": 32},
+    ("chain_sum", "smollm2_full"): {"eval_size": 16, "max_new_tokens": 24},
+    ("gsm_symbolic", "smollm2_full"): {"eval_size": 8, "max_new_tokens": 32},
 }
 
 
