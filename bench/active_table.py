@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from synthloop import experiments
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -92,7 +93,7 @@ def paired_table(runs: list[dict[str, Any]], force: str, order: list[str]) -> li
     budget, paired by seed (the seeds both ran), mean ± 95% t-interval: the shared data seed and
     student make the difference far less noisy than two separate intervals."""
     grouped, _ = seed_curves(runs, force)
-    table, _ = curves(runs, force)
+    table = {cell: [seeds[s] for s in sorted(seeds)] for cell, seeds in grouped.items()}
     lines = ["| task | student | selector | n | minus random at B samples | minus random at B tokens |",
              "|---" * 6 + "|"]
     for task, student in sorted({(t, s) for t, s, _ in grouped}):
@@ -115,11 +116,9 @@ def paired_table(runs: list[dict[str, Any]], force: str, order: list[str]) -> li
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, math.nan
-    return mean, float(stats.t.ppf(0.975, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    """Mean and the half-width of its 95% t interval (nan for one value)."""
+    mean, low, high = experiments.mean_interval(values)
+    return mean, (high - low) / 2
 
 
 def budgets(table: dict[tuple[str, str, str], list[list[tuple[float, float, float]]]], task: str,

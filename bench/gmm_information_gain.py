@@ -30,11 +30,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from synthloop.diagnostics.estimators import histogram_kl, knn_kl
+from synthloop.experiments import mean_interval
 
 BOX = 3.0  # component means are uniform in [-BOX, BOX]^d: components overlap, KLs stay finite-sample estimable
 ANCHOR_PER_COMPONENT, N_SYNTHETIC, N_MC = 50, 200, 20_000
@@ -116,7 +116,8 @@ def sweep(vary: str, d: int, repeats: int) -> dict[str, dict[str, list[float]]]:
             data = np.array([g[name] for g in gaps])
             entry = rows.setdefault(name, {"mean": [], "half": []})
             entry["mean"].append(float(data.mean()))
-            entry["half"].append(float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data))))
+            _, low, high = mean_interval(data)
+            entry["half"].append((high - low) / 2)
     return rows
 
 
