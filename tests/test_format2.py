@@ -12,10 +12,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
 from crashsafe_support import FAST, ROOT, snapshot
 from synthloop.experiments import config_from_run_text, resume_run, run_config
+from synthloop.records import Candidates, Prompts, ones_usage
 from synthloop.runs import check_run
 from synthloop.store import RunStore
+from synthloop.tasks.gaussian import GaussianVerifier
 from synthloop.views import export_selected, run_summary
 
 FORMAT2 = ROOT / "tests" / "data" / "format2"
@@ -45,12 +51,31 @@ def test_readers_read_a_format2_run_and_write_nothing(tmp_path: Path) -> None:
     assert _files(run_dir) == before  # readers never write, not even to upgrade
 
 
+def _this_cpu_reproduces_the_fixture() -> bool:
+    """Whether the verifier here gives every reward the fixture records, bit for bit. numpy's exp
+    is vectorised per CPU (the fixture's machine had AVX512F; without it numpy calls libm), and
+    the two can differ in the last place: then no run here can repeat the fixture's iteration 0."""
+    verifier = GaussianVerifier(kappa=1.0)
+    for part in sorted(FORMAT2.glob("iter-*/candidates/part-*.parquet")):
+        table = pq.read_table(part)
+        x = np.asarray(table.column("sample.x").to_pylist(), dtype=np.float64)
+        recorded = table.column("reward").to_numpy()
+        candidates = Candidates(samples={"x": x}, prompt_index=np.full(len(x), -1), usage=ones_usage(len(x), samples=1))
+        if not np.array_equal(verifier.verify(candidates, Prompts.unconditional(len(x))).reward, recorded):
+            return False
+    return True
+
+
 def test_a_format2_run_resumes_in_format3_to_what_a_fresh_run_gives(tmp_path: Path) -> None:
     run_dir = _copy(tmp_path)
     config = config_from_run_text(RunStore(run_dir).config_text())
     resume_run(run_dir, open_store=FAST)
     assert json.loads((run_dir / "manifest.json").read_text())["format"] == 3
     assert check_run(RunStore(run_dir)) == []
+    if not _this_cpu_reproduces_the_fixture():
+        pytest.skip("resumed into format 3 and checked; but this CPU's exp differs in the last place from "
+                    "that of the machine that wrote tests/data/format2, so no fresh run here repeats its "
+                    "iteration 0 bit for bit")
     fresh = tmp_path / "fresh"
     run_config(config, run_dir=fresh, open_store=FAST)
     resumed, reference = snapshot(run_dir), snapshot(fresh)

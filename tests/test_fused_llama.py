@@ -14,7 +14,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from synthloop.models import hf  # noqa: E402
-from synthloop.models.fused_llama import FusedLlama, _packed_linear, fused_llama, packs  # noqa: E402
+from synthloop.models.fused_llama import (  # noqa: E402
+    FusedLlama,
+    _cpu_reorders_bf16,
+    _packed_linear,
+    fused_llama,
+    packs,
+)
 from synthloop.models.hf import HFGenerator, HFModel  # noqa: E402
 from synthloop.models.kv_slab import SlabLayer  # noqa: E402
 from synthloop.models.scratch import TinyGPT2Config, tiny_gpt2, train_tokenizer  # noqa: E402
@@ -114,13 +120,33 @@ def test_biases_are_carried(tokenizer: Any) -> None:
 
 def test_reordered_weights_multiply_bit_for_bit_as_plain_ones() -> None:
     if not packs(torch.bfloat16, torch.device("cpu")):
-        pytest.skip("this torch has no oneDNN")
+        pytest.skip("this torch or CPU cannot reorder bf16 weights for oneDNN")
     g = torch.Generator().manual_seed(0)
     for rows, n_in, n_out in [(16, 576, 960), (5, 576, 3072), (1, 1536, 576)]:
         x = torch.randn(rows, n_in, generator=g).bfloat16()
         w = torch.randn(n_out, n_in, generator=g).bfloat16()
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 16)
         assert torch.equal(_packed_linear(x, packed, None), torch.nn.functional.linear(x, w))
+
+
+def test_a_cpu_that_refuses_the_bf16_reorder_runs_on_plain_products(tokenizer: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(weight: Any, rows: int) -> Any:
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or "
+                           "avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    _cpu_reorders_bf16.cache_clear()
+    try:
+        assert not packs(torch.bfloat16, torch.device("cpu"))
+        net = tiny_llama(tokenizer).network
+        fused = FusedLlama(net, torch.bfloat16)
+        assert not fused.packed
+        for expected, got in step_both(net, tokenizer, True, fused):
+            torch.testing.assert_close(got, expected, rtol=0, atol=bf16_tolerance(expected))
+            assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    finally:
+        _cpu_reorders_bf16.cache_clear()
 
 
 def generate(model: HFModel, *, decode: str, temperature: float, seed: int = 11) -> Any:

@@ -24,6 +24,7 @@ depends on the sequence length, activations other than SiLU, and peft tuners oth
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -135,12 +136,23 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def packs(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the products run on oneDNN-reordered weights: bf16 on a CPU with oneDNN. At batch
-    16 a plain bf16 ``F.linear`` reorders the weight on every call; reordered once, the products
-    of a SmolLM2 step take about 40% less time, bit for bit the same results (checked in
-    ``tests/test_fused_llama.py``)."""
-    return (dtype == torch.bfloat16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    """Whether the products run on oneDNN-reordered weights: bf16 on a CPU where oneDNN can
+    reorder bf16 weights. At batch 16 a plain bf16 ``F.linear`` reorders the weight on every
+    call; reordered once, the products of a SmolLM2 step take about 40% less time, bit for bit
+    the same results (checked in ``tests/test_fused_llama.py``). CPUs without avx512bw/vl/dq or
+    avx_ne_convert refuse the reorder: there the step runs on plain ``F.linear``."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and _cpu_reorders_bf16()
+
+
+@functools.cache
+def _cpu_reorders_bf16() -> bool:
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 16)
+    except RuntimeError:  # "bf16 path needs the cpu support avx_ne_convert or avx512bw, ..."
+        return False
+    return True
 
 
 def _pack(layer: _Layer, rows: int) -> _Layer:
