@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from synthloop.comparisons import compare
 from synthloop.configs import CompareConfig, EvalConfig, load_config
-from synthloop.experiments import build_components
+from synthloop.experiments import build_components, mean_interval
 
 SCHEDULES = {"constant-1B": {"kind": "constant", "n0": 16}, "constant-10B": {"kind": "constant", "n0": 160},
              "constant-100B": {"kind": "constant", "n0": 1600}}
@@ -56,12 +55,6 @@ def finals(folders: list[Path]) -> dict[str, dict[int, dict]]:
     return out
 
 
-def interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% t-interval."""
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
-
-
 CANDIDATES = ("adaptive", "adaptive-refit")  # each compared, by seed, with every constant and the other
 
 
@@ -72,7 +65,7 @@ def paired(folders: list[Path]) -> dict:
     report: dict = {"schedules": {}, "minus": {}, "by_largest_iteration": {}}
     for name, per in sorted(runs.items()):
         values = np.array([per[s]["metrics"][-1] for s in sorted(per)])
-        report["schedules"][name] = {"seeds": sorted(per), "final": values.tolist(), "mean_ci": interval(values),
+        report["schedules"][name] = {"seeds": sorted(per), "final": values.tolist(), "mean_ci": mean_interval(values),
                                      "n_selected": [per[s]["n_selected"] for s in sorted(per)]}
     for candidate in (c for c in CANDIDATES if c in runs):
         mine, rows = runs[candidate], {}
@@ -81,7 +74,7 @@ def paired(folders: list[Path]) -> dict:
             if name in CANDIDATES[:CANDIDATES.index(candidate) + 1] or len(common) < 2:
                 continue  # itself, and each pair of candidates once (the first minus the second)
             diff = np.array([mine[s]["metrics"][-1] - per[s]["metrics"][-1] for s in common])
-            rows[name] = {"seeds": common, "by_seed": diff.tolist(), "mean_ci": interval(diff),
+            rows[name] = {"seeds": common, "by_seed": diff.tolist(), "mean_ci": mean_interval(diff),
                           "better": int((diff > 0).sum())}
         report["minus"][candidate] = rows
         # a candidate that never grows (fixed steps: the rest of the budget joins the last one or
@@ -103,7 +96,7 @@ def by_largest_iteration(report: dict, candidate: str) -> dict[str, dict]:
         sizes = np.array([largest[s] for s in row["seeds"]], dtype=np.float64)
         diffs = np.asarray(row["by_seed"])
         bins = [{"largest": [lo, hi], "seeds": int(m.sum()), "mean": float(diffs[m].mean()),
-                 "mean_ci": interval(diffs[m]) if m.sum() > 1 else None}
+                 "mean_ci": mean_interval(diffs[m]) if m.sum() > 1 else None}
                 for lo, hi in itertools.pairwise(LARGEST_BINS) if (m := (sizes >= lo) & (sizes < hi)).any()]
         correlation = float(np.corrcoef(sizes, diffs)[0, 1]) if len(diffs) > 2 and sizes.std() > 0 else None
         out[name] = {"bins": bins, "correlation": correlation}

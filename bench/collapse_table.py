@@ -16,19 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from synthloop.experiments import mean_interval
 
 ARMS = {"a": "(a) no filter", "b": "(b) filter only", "c": "(c) filter + labels, random",
         "d": "(d) filter + labels, hardest"}
 METRICS = ("pass@1", "pass@8", "train/pass@1", "train/pass@8")
 
 
-def mean_interval(values: list[float]) -> tuple[float, float]:
+def mean_half(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% t interval (nan for one value)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), float("nan")
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    mean, _, high = mean_interval(values)
+    return mean, high - mean
 
 
 def curve(run: dict[str, Any], metric: str) -> list[float]:
@@ -44,7 +43,7 @@ def load(path: Path) -> dict[tuple[str, float, float], list[dict[str, Any]]]:
 
 
 def fmt(values: list[float]) -> str:
-    mean, half = mean_interval(values)
+    mean, half = mean_half(values)
     return f"{100 * mean:.1f}" if np.isnan(half) else f"{100 * mean:.1f} ± {100 * half:.1f}"
 
 
@@ -104,7 +103,7 @@ def plot(cells: dict[tuple[str, float, float], list[dict[str, Any]]], out: Path,
             if not runs:
                 continue
             curves = np.array([curve(r, metric) for r in runs])
-            stats_ = [mean_interval(list(curves[:, t])) for t in range(curves.shape[1])]
+            stats_ = [mean_half(list(curves[:, t])) for t in range(curves.shape[1])]
             mean = np.array([m for m, _ in stats_])
             half = np.nan_to_num(np.array([h for _, h in stats_]))
             rounds = np.arange(len(mean))
