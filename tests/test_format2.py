@@ -51,11 +51,11 @@ def test_readers_read_a_format2_run_and_write_nothing(tmp_path: Path) -> None:
     assert _files(run_dir) == before  # readers never write, not even to upgrade
 
 
-def _this_cpu_reproduces_the_fixture() -> bool:
+def _this_cpu_reproduces_the_fixture(kappa: float) -> bool:
     """Whether the verifier here gives every reward the fixture records, bit for bit. numpy's exp
     is vectorised per CPU (the fixture's machine had AVX512F; without it numpy calls libm), and
     the two can differ in the last place: then no run here can repeat the fixture's iteration 0."""
-    verifier = GaussianVerifier(kappa=1.0)
+    verifier = GaussianVerifier(kappa=kappa)
     for part in sorted(FORMAT2.glob("iter-*/candidates/part-*.parquet")):
         table = pq.read_table(part)
         x = np.asarray(table.column("sample.x").to_pylist(), dtype=np.float64)
@@ -72,7 +72,7 @@ def test_a_format2_run_resumes_in_format3_to_what_a_fresh_run_gives(tmp_path: Pa
     resume_run(run_dir, open_store=FAST)
     assert json.loads((run_dir / "manifest.json").read_text())["format"] == 3
     assert check_run(RunStore(run_dir)) == []
-    if not _this_cpu_reproduces_the_fixture():
+    if not _this_cpu_reproduces_the_fixture(float(config.task.params()["kappa"])):
         pytest.skip("resumed into format 3 and checked; but this CPU's exp differs in the last place from "
                     "that of the machine that wrote tests/data/format2, so no fresh run here repeats its "
                     "iteration 0 bit for bit")

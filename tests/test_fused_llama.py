@@ -92,16 +92,21 @@ def step_both(net: Any, tok: Any, bf16: bool, fused: FusedLlama) -> list[tuple[A
     return pairs
 
 
+def assert_steps_match(net: Any, tokenizer: Any, bf16: bool, fused: FusedLlama) -> None:
+    """The fused step's logits within two bf16 roundings of the model's (fp32: the same products
+    on the same weights, only summed in another order), with the same greedy tokens."""
+    for expected, got in step_both(net, tokenizer, bf16, fused):
+        tolerance = bf16_tolerance(expected) if bf16 else 1e-5 * float(expected.abs().max())
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_fused_step_logits_match_the_model_over_several_steps(tokenizer: Any, bf16: bool) -> None:
     net = tiny_llama(tokenizer).network
     fused = FusedLlama(net, torch.bfloat16 if bf16 else torch.float32)
     assert fused.packed == (bf16 and packs(torch.bfloat16, torch.device("cpu")))
-    for expected, got in step_both(net, tokenizer, bf16, fused):
-        # fp32: the same products on the same weights, only summed in another order
-        tolerance = bf16_tolerance(expected) if bf16 else 1e-5 * float(expected.abs().max())
-        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
-        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert_steps_match(net, tokenizer, bf16, fused)
 
 
 def test_biases_are_carried(tokenizer: Any) -> None:
@@ -112,10 +117,7 @@ def test_biases_are_carried(tokenizer: Any) -> None:
             if name.endswith("bias"):  # transformers starts them at zero: make them matter
                 param.normal_(0.0, 0.5)
     for bf16 in (False, True):
-        fused = FusedLlama(net, torch.bfloat16 if bf16 else torch.float32)
-        for expected, got in step_both(net, tokenizer, bf16, fused):
-            tolerance = bf16_tolerance(expected) if bf16 else 1e-5 * float(expected.abs().max())
-            torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+        assert_steps_match(net, tokenizer, bf16, FusedLlama(net, torch.bfloat16 if bf16 else torch.float32))
 
 
 def test_reordered_weights_multiply_bit_for_bit_as_plain_ones() -> None:
@@ -142,9 +144,7 @@ def test_a_cpu_that_refuses_the_bf16_reorder_runs_on_plain_products(tokenizer: A
         net = tiny_llama(tokenizer).network
         fused = FusedLlama(net, torch.bfloat16)
         assert not fused.packed
-        for expected, got in step_both(net, tokenizer, True, fused):
-            torch.testing.assert_close(got, expected, rtol=0, atol=bf16_tolerance(expected))
-            assert torch.equal(got.argmax(-1), expected.argmax(-1))
+        assert_steps_match(net, tokenizer, True, fused)
     finally:
         _cpu_reorders_bf16.cache_clear()
 
