@@ -40,23 +40,41 @@ MODEL = {"kind": "scratch", "n_layer": 2, "n_embd": 48, "n_head": 4, "n_position
          "pretrain_bf16": False}
 
 
+#: SmolLM2-135M-Instruct (the packaged GGUF, exported once) in its chat template, LoRA adapters (rank 16,
+#: alpha 32) trained in bf16 autocast, continuing across rounds; answers are a few tokens, so 24 new tokens
+#: hold every answer of these levels. Batches of 8: 8 optimizer steps a round at 64 kept samples.
+SMOLLM2: dict[str, Any] = {"model": {"kind": "smollm2"},
+           "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 64,
+                         "eval_batch_size": 64, "bf16": True},
+           "learner": {"kind": "sft", "lr": 3.0e-4, "batch_size": 8, "epochs": 1, "bf16": True,
+                       "reset": "continue", "lora": {"rank": 16, "alpha": 32}}}
+
+
 def config(arm: str, *, beta: float, noise: float, seed: int, rounds: int, n_kept: int, alpha: float,
-           train_size: int, eval_size: int, pretrain_steps: int = 300, lr: float = 5.0e-4) -> dict[str, Any]:
+           train_size: int, eval_size: int, pretrain_steps: int = 300, lr: float = 5.0e-4,
+           student: str = "scratch") -> dict[str, Any]:
     filtered = arm != "a"
     task: dict[str, Any] = {
-        "kind": "math", "levels": LEVELS, "train_size": train_size, "eval_size": eval_size, "shots": 0,
+        "kind": "math", "levels": LEVELS, "train_size": train_size, "eval_size": eval_size,
+        **({"style": "chat"} if student == "smollm2" else {"shots": 0}),
         "data_seed": 0, "eval_samples": 8, "eval_train_size": eval_size,
         "filter": {"kind": "noisy", "false_accept": noise, "false_reject": noise, "seed": seed}
         if filtered else {"kind": "gold"}}
     labeled = arm in ("c", "d")
     if labeled:
         task["labeler"] = {"kind": "controlled", "beta": beta}
+    student_parts: dict[str, Any]
+    if student == "smollm2":
+        student_parts = {**SMOLLM2, "learner": {**SMOLLM2["learner"], "lr": lr}}
+    else:
+        student_parts = {
+            "model": {**MODEL, "pretrain_steps": pretrain_steps},
+            "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 256,
+                          "eval_batch_size": 400, "bf16": False},
+            "learner": {"kind": "sft", "lr": lr, "warmup_steps": 20, "batch_size": 16, "epochs": 1,
+                        "bf16": False, "reset": "continue"}}
     return {
-        "name": f"collapse-{arm}", "seed": seed, "task": task, "model": {**MODEL, "pretrain_steps": pretrain_steps},
-        "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 256,
-                      "eval_batch_size": 400, "bf16": False},
-        "learner": {"kind": "sft", "lr": lr, "warmup_steps": 20, "batch_size": 16, "epochs": 1, "bf16": False,
-                    "reset": "continue"},
+        "name": f"collapse-{arm}", "seed": seed, "task": task, **student_parts,
         "selector": {"kind": "passed"} if filtered else {"kind": "threshold", "threshold": 0.0},
         "prompt_policy": {"kind": "hardest_first", "samples_per_prompt": 8, "eta": 1.0,
                           "allocation": "hardest" if arm == "d" else "uniform"},
@@ -86,7 +104,7 @@ def order(grid: str, seeds: int) -> list[tuple[str, float, float, int]]:
 def one_run(arm: str, beta: float, noise: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     raw = config(arm, beta=beta, noise=noise, seed=seed, rounds=args.rounds, n_kept=args.n_kept,
                  alpha=args.alpha, train_size=args.train_size, eval_size=args.eval_size,
-                 pretrain_steps=args.pretrain_steps, lr=args.lr)
+                 pretrain_steps=args.pretrain_steps, lr=args.lr, student=args.student)
     clock = time.perf_counter()
     initial: dict[str, float] = {}
 
@@ -95,7 +113,8 @@ def one_run(arm: str, beta: float, noise: float, seed: int, args: argparse.Names
             initial.update(event.initial)
 
     history = run_config(parse_config(raw, source="collapse"), run_dir=None, report=report)
-    return {"arm": arm, "beta": beta, "noise": noise, "seed": seed, "pretrain_steps": args.pretrain_steps,
+    return {"arm": arm, "beta": beta, "noise": noise, "seed": seed, "student": args.student,
+            "pretrain_steps": args.pretrain_steps if args.student == "scratch" else None,
             "lr": args.lr, "seconds": time.perf_counter() - clock,
             "initial": initial,
             "rounds": [{"eval": r.eval, "n_selected": r.n_selected, "n_generated": r.n_generated,
@@ -116,10 +135,15 @@ def main() -> None:
     # the student's start: 300 steps is the weak start of docs/escaping-collapse.md (about 13% pass@1);
     # more pretraining gives a student good enough for its own correct answers to teach it
     parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=5.0e-4, help="the learner's learning rate")
+    parser.add_argument("--student", choices=("scratch", "smollm2"), default="scratch",
+                        help="the from-scratch GPT-2 of the math family, or SmolLM2-135M-Instruct with LoRA")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="the learner's learning rate (default: 5e-4 scratch, 3e-4 SmolLM2 LoRA)")
     parser.add_argument("--workers", type=int, default=1)  # processes sharing one results file
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = 3.0e-4 if args.student == "smollm2" else 5.0e-4
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
