@@ -40,19 +40,28 @@ MODEL = {"kind": "scratch", "n_layer": 2, "n_embd": 48, "n_head": 4, "n_position
          "pretrain_bf16": False}
 
 
-#: SmolLM2-135M-Instruct (the packaged GGUF, exported once) in its chat template, LoRA adapters (rank 16,
-#: alpha 32) trained in bf16 autocast, continuing across rounds; answers are a few tokens, so 24 new tokens
-#: hold every answer of these levels. Batches of 8: 8 optimizer steps a round at 64 kept samples.
-SMOLLM2: dict[str, Any] = {"model": {"kind": "smollm2"},
-           "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 64,
-                         "eval_batch_size": 64, "bf16": True},
-           "learner": {"kind": "sft", "lr": 3.0e-4, "batch_size": 8, "epochs": 1, "bf16": True,
-                       "reset": "continue", "lora": {"rank": 16, "alpha": 32}}}
+#: the students' model, generator and learner. "scratch": the model above, fully fine-tuned, continuing.
+#: "smollm2": SmolLM2-135M-Instruct (the packaged GGUF, exported once) in its chat template, LoRA adapters
+#: (rank 16, alpha 32) trained in bf16 autocast, continuing across rounds; answers are a few tokens, so 24
+#: new tokens hold every answer of these levels. Batches of 8: 8 optimizer steps a round at 64 kept samples.
+STUDENTS: dict[str, dict[str, Any]] = {
+    "scratch": {"model": MODEL,
+                "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 256,
+                              "eval_batch_size": 400, "bf16": False},
+                "learner": {"kind": "sft", "lr": 5.0e-4, "warmup_steps": 20, "batch_size": 16, "epochs": 1,
+                            "bf16": False, "reset": "continue"}},
+    "smollm2": {"model": {"kind": "smollm2"},
+                "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 64,
+                              "eval_batch_size": 64, "bf16": True},
+                "learner": {"kind": "sft", "lr": 3.0e-4, "batch_size": 8, "epochs": 1, "bf16": True,
+                            "reset": "continue", "lora": {"rank": 16, "alpha": 32}}},
+}
 
 
 def config(arm: str, *, beta: float, noise: float, seed: int, rounds: int, n_kept: int, alpha: float,
-           train_size: int, eval_size: int, pretrain_steps: int = 300, lr: float = 5.0e-4,
+           train_size: int, eval_size: int, pretrain_steps: int = 300, lr: float | None = None,
            student: str = "scratch") -> dict[str, Any]:
+    """One run's config; ``lr`` None keeps the student's own learning rate."""
     filtered = arm != "a"
     task: dict[str, Any] = {
         "kind": "math", "levels": LEVELS, "train_size": train_size, "eval_size": eval_size,
@@ -63,18 +72,12 @@ def config(arm: str, *, beta: float, noise: float, seed: int, rounds: int, n_kep
     labeled = arm in ("c", "d")
     if labeled:
         task["labeler"] = {"kind": "controlled", "beta": beta}
-    student_parts: dict[str, Any]
-    if student == "smollm2":
-        student_parts = {**SMOLLM2, "learner": {**SMOLLM2["learner"], "lr": lr}}
-    else:
-        student_parts = {
-            "model": {**MODEL, "pretrain_steps": pretrain_steps},
-            "generator": {"kind": "hf", "max_new_tokens": 24, "temperature": 0.7, "batch_size": 256,
-                          "eval_batch_size": 400, "bf16": False},
-            "learner": {"kind": "sft", "lr": lr, "warmup_steps": 20, "batch_size": 16, "epochs": 1,
-                        "bf16": False, "reset": "continue"}}
+    parts = STUDENTS[student]
+    model = {**parts["model"], "pretrain_steps": pretrain_steps} if student == "scratch" else parts["model"]
+    learner = parts["learner"] if lr is None else {**parts["learner"], "lr": lr}
     return {
-        "name": f"collapse-{arm}", "seed": seed, "task": task, **student_parts,
+        "name": f"collapse-{arm}", "seed": seed, "task": task, "model": model,
+        "generator": parts["generator"], "learner": learner,
         "selector": {"kind": "passed"} if filtered else {"kind": "threshold", "threshold": 0.0},
         "prompt_policy": {"kind": "hardest_first", "samples_per_prompt": 8, "eta": 1.0,
                           "allocation": "hardest" if arm == "d" else "uniform"},
@@ -115,7 +118,7 @@ def one_run(arm: str, beta: float, noise: float, seed: int, args: argparse.Names
     history = run_config(parse_config(raw, source="collapse"), run_dir=None, report=report)
     return {"arm": arm, "beta": beta, "noise": noise, "seed": seed, "student": args.student,
             "pretrain_steps": args.pretrain_steps if args.student == "scratch" else None,
-            "lr": args.lr, "seconds": time.perf_counter() - clock,
+            "lr": raw["learner"]["lr"], "seconds": time.perf_counter() - clock,
             "initial": initial,
             "rounds": [{"eval": r.eval, "n_selected": r.n_selected, "n_generated": r.n_generated,
                         "n_outside": r.n_outside, "verdicts": r.verdicts, "acceptance": r.acceptance_rate}
@@ -135,22 +138,20 @@ def main() -> None:
     # the student's start: 300 steps is the weak start of docs/escaping-collapse.md (about 13% pass@1);
     # more pretraining gives a student good enough for its own correct answers to teach it
     parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--student", choices=("scratch", "smollm2"), default="scratch",
+    parser.add_argument("--student", choices=tuple(STUDENTS), default="scratch",
                         help="the from-scratch GPT-2 of the math family, or SmolLM2-135M-Instruct with LoRA")
     parser.add_argument("--lr", type=float, default=None,
                         help="the learner's learning rate (default: 5e-4 scratch, 3e-4 SmolLM2 LoRA)")
     parser.add_argument("--workers", type=int, default=1)  # processes sharing one results file
     parser.add_argument("--worker", type=int, default=0)
     args = parser.parse_args()
-    if args.lr is None:
-        args.lr = 3.0e-4 if args.student == "smollm2" else 5.0e-4
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
             row = json.loads(line)
-            done.add((row["arm"], row["beta"], row["noise"], row["seed"]))
+            done.add((row.get("student", "scratch"), row["arm"], row["beta"], row["noise"], row["seed"]))
     for position, (arm, beta, noise, seed) in enumerate(order(args.grid, args.seeds)):
-        if (arm, beta, noise, seed) in done or position % args.workers != args.worker:
+        if (args.student, arm, beta, noise, seed) in done or position % args.workers != args.worker:
             continue
         row = one_run(arm, beta, noise, seed, args)
         with args.out.open("a") as out:
